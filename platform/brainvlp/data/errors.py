@@ -1,0 +1,30 @@
+"""Errors that send a study to the rejects table instead of the shards."""
+
+from __future__ import annotations
+
+# Reason codes a reject may carry; the rejects table and the index count by these.
+REJECT_REASONS = (
+    "unreadable_file",
+    "not_3d",
+    "nonfinite_voxels",
+    "degenerate_voxel_size",
+    "singular_affine",
+    "empty_volume",
+    "missing_sequence",
+    "missing_report",
+    "empty_report",
+    "duplicate_study_id",
+    "missing_patient_id",
+    "missing_study_id",
+)
+
+
+class RejectError(Exception):
+    """A study that cannot be ingested. ``detail`` names the file or field; never report text or raw ids."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        if reason not in REJECT_REASONS:
+            raise ValueError(f"unknown reject reason {reason!r}; expected one of {', '.join(REJECT_REASONS)}")
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail

@@ -1,0 +1,180 @@
+"""Radiology reports -> sections -> sentences -> one token sequence with per-sentence spans (METHODS 1.2).
+
+The whole report is tokenised in one pass, and each kept sentence records its ``[start, end)`` token range
+in that sequence, so the text encoder runs once per report and sentence embeddings are mean-pooled from
+its token states. Report text never appears in exceptions or logs: it may identify a patient.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import re
+import unicodedata
+from dataclasses import dataclass
+
+import pysbd
+from transformers import PreTrainedTokenizerBase
+
+from brainvlp.data.errors import RejectError
+
+# Header spellings -> canonical section key. Synonyms fold into one key so that a spec can ask for
+# "impression" whether a site writes IMPRESSION or CONCLUSION.
+_SECTION_ALIASES = {
+    "findings": ("findings", "finding"),
+    "impression": ("impression", "impressions", "conclusion", "conclusions"),
+    "history": (
+        "history",
+        "clinical history",
+        "clinical information",
+        "clinical details",
+        "indication",
+        "indications",
+        "clinical indication",
+        "reason for exam",
+        "reason for examination",
+    ),
+    "technique": ("technique", "protocol", "procedure"),
+    "comparison": ("comparison", "comparisons", "prior studies"),
+    "exam": ("exam", "examination"),
+    "recommendation": ("recommendation", "recommendations"),
+    "addendum": ("addendum",),
+}
+_CANONICAL = {alias: key for key, aliases in _SECTION_ALIASES.items() for alias in aliases}
+
+
+def _alternation(names: list[str]) -> str:
+    # Longest first, so that "clinical history" wins over "history"; any whitespace between words.
+    return "|".join(r"\s+".join(map(re.escape, n.split())) for n in sorted(names, key=len, reverse=True))
+
+
+# A header opens a line (any case; colon, or nothing else on the line) or, in one-line exports, sits
+# inline in capitals followed by a colon ("... normal. IMPRESSION: ...").
+_HEADER = re.compile(
+    rf"^[ \t]*(?P<line>(?i:{_alternation(list(_CANONICAL))}))[ \t]*(?::|$)"
+    rf"|(?<=\s)(?P<inline>{_alternation([n.upper() for n in _CANONICAL])})[ \t]*:",
+    re.MULTILINE,
+)
+# A line break is a soft wrap (becomes a space) when the next line continues the sentence: it starts in
+# lower case, or with a number that is not a list marker ("1.8 cm" but not "2. No ..."). Other breaks are
+# kept, and pysbd treats them as sentence boundaries (one finding per line, numbered lists).
+_SOFT_WRAP = re.compile(r"[ \t]*\n[ \t]*(?=[a-z(]|\d+(?!\d)(?![.)]\s))")
+
+
+def split_sections(text: str) -> dict[str, str]:
+    """Split a report at its section headers; ``{"report": text}`` when it has none.
+
+    Keys are canonical lower-case names ("findings", "impression", "history", ...); repeated sections are
+    joined in order and empty ones left out. Text before the first header is kept as "preamble".
+    Line endings and Unicode (NFKC) are normalised first.
+    """
+    text = unicodedata.normalize("NFKC", text).replace("\r\n", "\n").replace("\r", "\n")
+    headers = list(_HEADER.finditer(text))
+    if not headers:
+        return {"report": text.strip()}
+    sections: dict[str, list[str]] = {}
+    preamble = text[: headers[0].start()].strip()
+    if preamble:
+        sections["preamble"] = [preamble]
+    for header, following in zip(headers, [*headers[1:], None], strict=True):
+        body = text[header.end() : following.start() if following else len(text)].strip()
+        name = " ".join((header["line"] or header["inline"]).lower().split())
+        if body:
+            sections.setdefault(_CANONICAL[name], []).append(body)
+    return {key: "\n".join(bodies) for key, bodies in sections.items()}
+
+
+@functools.lru_cache(maxsize=1)
+def _segmenter() -> pysbd.Segmenter:
+    return pysbd.Segmenter(language="en", clean=False)
+
+
+def split_sentences(text: str) -> list[str]:
+    """Clinical-text-aware sentence split (pysbd keeps "2.3 x 1.8 cm", "e.g.", "vs.", "1. ... 2. ...").
+
+    Hard-wrapped lines are rejoined first; whitespace inside a sentence collapses to single spaces.
+    """
+    sentences = _segmenter().segment(_SOFT_WRAP.sub(" ", text))
+    return [joined for sentence in sentences if (joined := " ".join(sentence.split()))]
+
+
+@dataclass
+class ReportConfig:
+    """Which sections to keep and how much of them (brat: 20 sentences, 256 tokens)."""
+
+    sections: tuple[str, ...] = ("findings", "impression")
+    max_sentences: int = 20
+    max_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        self.sections = tuple(s.lower() for s in self.sections)  # YAML gives lists
+        if not self.sections:
+            raise ValueError("sections must name at least one section, e.g. ('findings', 'impression')")
+        if self.max_sentences < 1:
+            raise ValueError(f"max_sentences must be >= 1, got {self.max_sentences}")
+        if self.max_tokens < 3:
+            raise ValueError(f"max_tokens must leave room for special tokens and text, got {self.max_tokens}")
+
+
+@dataclass
+class TokenizedReport:
+    """One report as one token sequence; ``sentence_spans[i]`` is sentence i's ``[start, end)``."""
+
+    input_ids: list[int]
+    sentence_spans: list[tuple[int, int]]
+    num_sentences: int
+    truncated: bool
+
+
+def prepare_report(
+    text: str | None, tokenizer: PreTrainedTokenizerBase, config: ReportConfig
+) -> TokenizedReport:
+    """Select sections, split sentences, tokenise once and locate every sentence's token span.
+
+    A report without headers keeps its whole text. Beyond ``max_sentences`` sentences are dropped; beyond
+    ``max_tokens`` the content is cut before the closing special token(s), sentences that no longer start
+    inside the budget are dropped and a sentence cut mid-way keeps its clipped span.
+    """
+    if text is None:
+        raise RejectError("missing_report", "report text is missing")
+    if not text.strip():
+        raise RejectError("empty_report", "report text is blank")
+    sections = split_sections(text)
+    kept = (
+        [sections["report"]]
+        if "report" in sections
+        else [sections[s] for s in config.sections if s in sections]
+    )
+    sentences = [sentence for section in kept for sentence in split_sentences(section)]
+    if not sentences:
+        raise RejectError("empty_report", f"no sentences in sections {', '.join(config.sections)}")
+    truncated = len(sentences) > config.max_sentences
+    sentences = sentences[: config.max_sentences]
+    # Sentence character starts in the joined text locate each token's sentence by bisection.
+    starts = [0]
+    for sentence in sentences[:-1]:
+        starts.append(starts[-1] + len(sentence) + 1)
+    encoding = tokenizer(
+        " ".join(sentences), return_offsets_mapping=True, return_special_tokens_mask=True, verbose=False
+    )
+    ids, special = encoding["input_ids"], encoding["special_tokens_mask"]
+    content = [i for i, is_special in enumerate(special) if not is_special]
+    if not content:
+        raise RejectError("empty_report", "the kept sentences produce no tokens")
+    lead, tail = ids[: content[0]], ids[content[-1] + 1 :]
+    budget = config.max_tokens - len(lead) - len(tail)
+    if budget < 1:
+        raise ValueError(
+            f"max_tokens={config.max_tokens} leaves no room beside the tokenizer's special tokens"
+        )
+    truncated = truncated or len(content) > budget
+    spans: dict[int, list[int]] = {}
+    for position, token in enumerate(content[:budget], start=len(lead)):
+        # A token's last character: BPE offsets may include the space before a word, i.e. the separator.
+        start, end = encoding["offset_mapping"][token]
+        sentence = bisect.bisect_right(starts, max(start, end - 1)) - 1
+        spans.setdefault(sentence, [position, position])[1] = position + 1
+    input_ids = lead + [ids[token] for token in content[:budget]] + tail
+    # Sentences that produced no token (e.g. only characters the normaliser strips) have no span.
+    sentence_spans = [tuple(spans[i]) for i in sorted(spans)]
+    return TokenizedReport(input_ids, sentence_spans, len(sentence_spans), truncated)

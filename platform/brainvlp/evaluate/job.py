@@ -1,0 +1,91 @@
+"""The evaluate job: embed a held-out split with an exported model and write retrieval metrics + report.
+
+Shape legend: N studies in the split, E embedding width.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow.parquet as pq
+import ray
+import torch
+
+from brainvlp.data.shards import read_index, split_files
+from brainvlp.evaluate.report import format_retrieval_table, write_retrieval_report
+from brainvlp.evaluate.retrieval import chance_levels, retrieval_metrics, retrieval_ranks
+from brainvlp.export import load_export
+from brainvlp.findings import positive_findings
+from brainvlp.spec import SpecError
+from brainvlp.train.task import BATCH_COLUMNS, collate
+
+
+@dataclass
+class EvaluateSpec:
+    kind: Literal["evaluate"] = "evaluate"
+    run_name: str | None = None
+    output_root: str = "runs"
+    model: str | None = None  # a pretrain export directory; in a pipeline, the pretrain step's
+    shards: str | None = None  # an ingest output directory; in a pipeline, the ingest step's
+    split: str = "test"
+    batch_size: int = 16
+
+
+@ray.remote(num_cpus=1)
+def embed_split(model_dir: str, files: list[str], batch_size: int) -> dict[str, Any]:
+    """Image and report embeddings of every study in ``files``; a Ray task, so it runs on a worker node."""
+    model, meta = load_export(model_dir)
+    images, texts, findings, study_ids = [], [], [], []
+    with torch.no_grad():
+        for path in files:
+            table = pq.read_table(path, columns=[*BATCH_COLUMNS, "findings"])
+            for batch in table.to_batches(max_chunksize=batch_size):
+                numpy_batch = {
+                    name: batch.column(name).to_numpy(zero_copy_only=False) for name in BATCH_COLUMNS
+                }
+                tensors = collate(numpy_batch, pad_id=meta["pad_token_id"])
+                images.append(model.encode_image(tensors["volume"].float() / meta["scale_max"]))
+                texts.append(model.encode_text(tensors["input_ids"], tensors["attention_mask"]))
+                findings.extend(batch.column("findings").to_pylist())
+                study_ids.extend(tensors["study_id"])
+    return {
+        "image_emb_NE": torch.cat(images),
+        "text_emb_NE": torch.cat(texts),
+        "findings": findings,
+        "study_ids": study_ids,
+    }
+
+
+def run_evaluate(spec: EvaluateSpec, run_dir: Path) -> dict[str, Any]:
+    if spec.model is None:
+        raise SpecError("model", "required: a pretrain export directory")
+    if spec.shards is None:
+        raise SpecError("shards", "required: the output directory of an ingest job")
+    index = read_index(spec.shards)
+    files = split_files(spec.shards, spec.split)
+    result = ray.get(embed_split.remote(str(spec.model), files, spec.batch_size))
+    finding_sets = [positive_findings(json.loads(f) if f else None) for f in result["findings"]]
+    image_emb_NE, text_emb_NE = result["image_emb_NE"], result["text_emb_NE"]
+    metrics = retrieval_metrics(image_emb_NE, text_emb_NE, finding_sets=finding_sets)
+    chance = chance_levels(len(image_emb_NE), finding_sets=finding_sets)
+    details = {
+        "model": str(spec.model),
+        "shards": str(spec.shards),
+        "split": spec.split,
+        "studies": len(image_emb_NE),
+        "studies_with_findings": int(np.sum([bool(s) for s in finding_sets])),
+        "sequences": ", ".join(index["sequences"]),
+        "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    ranks = retrieval_ranks(image_emb_NE, text_emb_NE)
+    write_retrieval_report(
+        run_dir, metrics, chance, title="Retrieval evaluation", details=details, ranks=ranks
+    )
+    print(format_retrieval_table(metrics, chance))
+    print(f"evaluate: report written to {run_dir / 'report.md'}")
+    return {"metrics": metrics, "chance": chance}

@@ -1,0 +1,42 @@
+"""The loss registry and the contract every loss follows.
+
+A loss is an ``nn.Module`` built as ``Loss(config, rank=..., world_size=..., gather=...)`` whose forward takes
+the model's output dict and returns a dict: keys ending in ``_loss`` are summed into the training objective,
+everything else is logged. ``gather`` is the only way a loss sees other workers' features (it is
+``brainvlp.distributed.gather_features`` under data parallelism, the identity on one worker), so the loss
+math itself stays single-device and testable without a process group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from brainvlp.registry import Registry
+
+Gather = Callable[[torch.Tensor], torch.Tensor]
+
+LOSSES: Registry = Registry("loss")
+
+
+@dataclass
+class LossConfig:
+    """Base of every loss config; ``name`` selects the registered loss."""
+
+    registry: ClassVar[Registry] = LOSSES
+    name: str
+
+
+def no_gather(features: torch.Tensor) -> torch.Tensor:
+    return features
+
+
+def total_loss(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of the entries whose key ends in ``_loss`` (open_clip's convention)."""
+    terms = [value for key, value in outputs.items() if key.endswith("_loss")]
+    if not terms:
+        raise ValueError(f"loss returned no '*_loss' entry, only {sorted(outputs)}")
+    return torch.stack(terms).sum()

@@ -1,0 +1,65 @@
+"""Image and report encoders with projection heads into one L2-normalised space (CLIP / ConVIRT shape).
+
+Shape legend: B batch, C channels, D/H/W volume axes, P positions, F backbone width, H text width,
+E embedding width, T tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from brainvlp.models.base import VISION, VisionConfig
+from brainvlp.models.resnet import ResNetConfig
+from brainvlp.models.text import TextConfig, TextEncoder
+
+
+@dataclass
+class ModelConfig:
+    vision: VisionConfig = field(default_factory=ResNetConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    embed_dim: int = 128
+    proj_hidden: int | None = 256  # None: a linear projection; else Linear-ReLU-Linear (ConVIRT, pLGG)
+    # "flatten" keeps where a finding is (the whole last feature map feeds the head); "mean" pools it away.
+    image_pool: Literal["mean", "flatten"] = "mean"
+    dropout: float = 0.0
+
+
+def projection(in_dim: int, hidden: int | None, out_dim: int, dropout: float) -> nn.Module:
+    if hidden is None:
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, out_dim))
+    return nn.Sequential(
+        nn.Dropout(dropout), nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim)
+    )
+
+
+class DualEncoder(nn.Module):
+    def __init__(self, config: ModelConfig, *, in_channels: int, volume_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.vision = VISION.build(config.vision, in_channels=in_channels)
+        self.text = TextEncoder(config.text)
+        self.image_pool = config.image_pool
+        with torch.no_grad():  # the flattened head needs P, which depends on the backbone's strides
+            num_positions = self.vision(torch.zeros(1, in_channels, *volume_shape)).shape[1]
+        image_dim = self.vision.out_dim * (num_positions if config.image_pool == "flatten" else 1)
+        self.image_proj = projection(image_dim, config.proj_hidden, config.embed_dim, config.dropout)
+        self.text_proj = projection(self.text.out_dim, config.proj_hidden, config.embed_dim, config.dropout)
+
+    def encode_image(self, volume_BCDHW: torch.Tensor) -> torch.Tensor:
+        tokens_BPF = self.vision(volume_BCDHW)
+        pooled = tokens_BPF.flatten(1) if self.image_pool == "flatten" else tokens_BPF.mean(1)
+        return F.normalize(self.image_proj(pooled), dim=-1)
+
+    def text_features(self, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor) -> torch.Tensor:
+        """Pooled encoder output before projection: what a frozen encoder lets us cache per study."""
+        return self.text(input_ids_BT, attention_mask_BT)
+
+    def project_text(self, features_BH: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_proj(features_BH), dim=-1)
+
+    def encode_text(self, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor) -> torch.Tensor:
+        return self.project_text(self.text_features(input_ids_BT, attention_mask_BT))

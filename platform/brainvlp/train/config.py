@@ -1,0 +1,70 @@
+"""Typed sections of a pretrain spec: data, training schedule, DeepSpeed, augmentation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from brainvlp.spec import SpecError
+
+
+@dataclass
+class AugmentConfig:
+    """Per-sample intensity and geometry augmentation on the trainer.
+
+    No left-right flips: reports name the side of a finding.
+    """
+
+    enabled: bool = True
+    rotate_degrees: float = 8.0
+    scale: float = 0.08
+    translate_voxels: float = 3.0
+    gamma: tuple[float, float] = (0.8, 1.25)
+    bias_field: float = 0.15
+    noise_std: float = 0.03
+
+
+@dataclass
+class DataConfig:
+    shards: str | None = None  # an ingest output directory; in a pipeline, the ingest step's
+    train_split: str = "train"
+    shuffle_buffer: int = 256  # rows in each worker's local shuffle buffer
+    # Keep the decoded training split in Ray's object store across epochs (small data sets only).
+    materialize: bool = False
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class TrainConfig:
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    threads_per_worker: int | None = None  # torch intra-op threads; Ray sets 1 per CPU by default
+    batch_size: int = 32  # global: split evenly over workers
+    epochs: int = 10
+    max_steps: int | None = None
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    log_every: int = 10
+    seed: int = 0
+
+    def validate(self, path: str) -> None:
+        if self.num_workers < 1:
+            raise SpecError(f"{path}.num_workers", f"must be >= 1, found {self.num_workers}")
+        if self.batch_size % self.num_workers:
+            raise SpecError(
+                f"{path}.batch_size",
+                f"{self.batch_size} does not split evenly over {self.num_workers} workers",
+            )
+        if self.epochs < 1:
+            raise SpecError(f"{path}.epochs", f"must be >= 1, found {self.epochs}")
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    grad_clip: float = 1.0
+    gradient_accumulation_steps: int = 1

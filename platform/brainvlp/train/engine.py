@@ -1,0 +1,103 @@
+"""The one wrapper that owns DeepSpeed (OpenRLHF's ``DeepspeedStrategy``, reduced to what we use).
+
+The train loop only calls ``engine(batch)``, ``engine.backward(loss)``, ``engine.step()`` and the
+checkpoint / export methods; nothing else in the code base imports deepspeed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import deepspeed
+import torch
+from torch import nn
+
+from brainvlp.train.config import DeepSpeedConfig, TrainConfig
+
+
+def lr_lambda(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Linear warm-up, then constant or cosine decay to zero at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def deepspeed_config(ds: DeepSpeedConfig, micro_batch: int, on_gpu: bool) -> dict[str, Any]:
+    """The DeepSpeed JSON config derived from the spec (saved with the run)."""
+    bf16 = ds.precision == "bf16" or (ds.precision == "auto" and on_gpu)
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": ds.gradient_accumulation_steps,
+        "gradient_clipping": ds.grad_clip,
+        "zero_optimization": {"stage": ds.zero_stage},
+        "bf16": {"enabled": bf16},
+        # No "optimizer" block: on CPU it would JIT-build fused Adam; a torch optimizer is passed instead.
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+class Engine:
+    def __init__(
+        self,
+        module: nn.Module,
+        ds: DeepSpeedConfig,
+        train: TrainConfig,
+        *,
+        micro_batch: int,
+        total_steps: int,
+    ) -> None:
+        trainable = [p for p in module.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=train.lr, weight_decay=train.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(train.schedule, train.warmup_steps, total_steps)
+        )
+        self.config = deepspeed_config(ds, micro_batch, torch.cuda.is_available() and train.use_gpu)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=module, optimizer=optimizer, lr_scheduler=scheduler, config=self.config
+        )
+        self.zero_stage = ds.zero_stage
+
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
+
+    @property
+    def module(self) -> nn.Module:
+        return self.engine.module
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.engine(*args, **kwargs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> None:
+        self.engine.step()
+
+    def save_checkpoint(self, directory: str | Path) -> None:
+        """Collective: every rank must call it."""
+        self.engine.save_checkpoint(str(directory), tag="engine")
+
+    def load_checkpoint(self, directory: str | Path) -> None:
+        self.engine.load_checkpoint(str(directory), tag="engine")
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The whole model's weights; under ZeRO-3 gathered from every rank (collective)."""
+        if self.zero_stage == 3:
+            return self.engine._zero3_consolidated_16bit_state_dict()
+        return self.engine.module.state_dict()

@@ -1,0 +1,98 @@
+"""The pretrain job on the driver: validate against the shards, stream them into a Ray ``TorchTrainer``,
+and copy the exported encoders out of the final checkpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import ray
+import ray.data
+from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from brainvlp.data.shards import read_index, split_files
+from brainvlp.losses import LossConfig
+from brainvlp.losses.clip import ClipLossConfig
+from brainvlp.models import ModelConfig
+from brainvlp.spec import SpecError, to_plain
+from brainvlp.train.config import DataConfig, DeepSpeedConfig, TrainConfig
+from brainvlp.train.engine import deepspeed_config
+from brainvlp.train.loop import total_steps, train_loop_per_worker
+from brainvlp.train.task import BATCH_COLUMNS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainSpec:
+    kind: Literal["pretrain"] = "pretrain"
+    run_name: str | None = None
+    output_root: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=ClipLossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+
+
+def check_against_shards(spec: PretrainSpec, index: dict[str, Any]) -> None:
+    """Errors a run would otherwise hit inside a worker, raised before any worker starts."""
+    if index["tokenizer"] != spec.model.text.path:
+        raise SpecError(
+            "model.text.path",
+            f"{spec.model.text.path!r} differs from the tokenizer the shards were made with "
+            f"({index['tokenizer']!r}); re-ingest or use the same text encoder",
+        )
+    rows = index["splits"].get(spec.data.train_split, 0)
+    if rows < spec.train.batch_size:
+        raise SpecError("train.batch_size", f"{spec.train.batch_size} exceeds the {rows} training studies")
+
+
+def train_dataset(spec: PretrainSpec) -> ray.data.Dataset:
+    files = split_files(spec.data.shards, spec.data.train_split)
+    dataset = ray.data.read_parquet(files, columns=BATCH_COLUMNS, shuffle="files")
+    return dataset.materialize() if spec.data.materialize else dataset
+
+
+def run_pretrain(spec: PretrainSpec, run_dir: Path) -> dict[str, Any]:
+    if spec.data.shards is None:
+        raise SpecError("data.shards", "required: the output directory of an ingest job")
+    index = read_index(spec.data.shards)
+    check_against_shards(spec, index)
+    steps = total_steps(spec.train, index["splits"][spec.data.train_split])
+    micro = spec.train.batch_size // spec.train.num_workers
+    (run_dir / "deepspeed.json").write_text(
+        json.dumps(deepspeed_config(spec.deepspeed, micro, spec.train.use_gpu))
+    )
+    resources = {"CPU": spec.train.cpus_per_worker}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"spec": to_plain(spec), "index": index},
+        scaling_config=ScalingConfig(
+            num_workers=spec.train.num_workers, use_gpu=spec.train.use_gpu, resources_per_worker=resources
+        ),
+        datasets={"train": train_dataset(spec)},
+        run_config=RunConfig(
+            name="train",
+            storage_path=str(run_dir.resolve()),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    print(
+        f"pretrain: {spec.train.num_workers} worker(s), {steps} steps, global batch {spec.train.batch_size}"
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"pretrain finished without a checkpoint; see {run_dir / 'train'}")
+    export_dir = run_dir / "export"
+    with result.checkpoint.as_directory() as checkpoint:
+        shutil.copytree(Path(checkpoint) / "export", export_dir, dirs_exist_ok=True)
+        shutil.copy(Path(checkpoint) / "history.jsonl", run_dir / "metrics.jsonl")
+    summary = {"steps": steps, "export": str(export_dir), "metrics": result.metrics}
+    print(f"pretrain: exported encoders to {export_dir}")
+    return summary

@@ -1,0 +1,124 @@
+"""CLIP loss against a float64 double-loop reference, gradients, invariances, and a 2-process gather."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from brainvlp.distributed import gather_features
+from brainvlp.losses import LOSSES
+from brainvlp.losses.clip import ClipLossConfig
+
+
+def reference_clip(img: torch.Tensor, txt: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE written out term by term."""
+    img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
+    n = img.shape[0]
+    total = 0.0
+    for i in range(n):
+        i2t = [math.exp(float(img[i] @ txt[j]) / temperature) for j in range(n)]
+        t2i = [math.exp(float(txt[i] @ img[j]) / temperature) for j in range(n)]
+        total += -math.log(i2t[i] / sum(i2t)) - math.log(t2i[i] / sum(t2i))
+    return torch.tensor(total / (2 * n), dtype=torch.float64)
+
+
+def make_loss(temperature: float = 0.1, **kwargs) -> torch.nn.Module:
+    return LOSSES.build(ClipLossConfig(temperature=temperature), **kwargs).double()
+
+
+def test_matches_reference_float64() -> None:
+    torch.manual_seed(0)
+    img, txt = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
+    got = make_loss(0.1)({"image_emb": img, "text_emb": txt})["contrastive_loss"]
+    torch.testing.assert_close(got, reference_clip(img, txt, 0.1))
+
+
+def test_gradients_reach_both_towers_and_temperature() -> None:
+    torch.manual_seed(1)
+    img = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    txt = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    loss = make_loss()
+    loss({"image_emb": img, "text_emb": txt})["contrastive_loss"].backward()
+    assert img.grad.abs().sum() > 0 and txt.grad.abs().sum() > 0
+    assert loss.log_scale.grad is not None and loss.log_scale.grad != 0
+    assert torch.autograd.gradcheck(
+        lambda a, b: make_loss()({"image_emb": a, "text_emb": b})["contrastive_loss"], (img, txt)
+    )
+
+
+def test_invariant_to_batch_permutation_and_scale() -> None:
+    torch.manual_seed(2)
+    img, txt = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)
+    perm = torch.randperm(5)
+    loss = make_loss()
+    base = loss({"image_emb": img, "text_emb": txt})["contrastive_loss"]
+    permuted = loss({"image_emb": img[perm], "text_emb": txt[perm]})["contrastive_loss"]
+    scaled = loss({"image_emb": 3 * img, "text_emb": 0.5 * txt})["contrastive_loss"]
+    torch.testing.assert_close(base, permuted)
+    torch.testing.assert_close(base, scaled)
+
+
+def test_perfect_alignment_beats_random() -> None:
+    torch.manual_seed(3)
+    emb = torch.randn(8, 16, dtype=torch.float64)
+    loss = make_loss(0.05)
+    aligned = loss({"image_emb": emb, "text_emb": emb})["contrastive_loss"]
+    shuffled = loss({"image_emb": emb, "text_emb": emb.roll(1, 0)})["contrastive_loss"]
+    assert aligned < 0.1 < shuffled
+
+
+def test_fixed_temperature_is_not_trained() -> None:
+    loss = LOSSES.build(ClipLossConfig(learnable_temperature=False))
+    assert not loss.log_scale.requires_grad
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker(rank: int, world_size: int, port: int, img: torch.Tensor, txt: torch.Tensor, out: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        chunk = img.shape[0] // world_size
+        local_img = img[rank * chunk : (rank + 1) * chunk].clone().requires_grad_(True)
+        local_txt = txt[rank * chunk : (rank + 1) * chunk].clone().requires_grad_(True)
+        gather = lambda x: gather_features(x, world_size=world_size)  # noqa: E731
+        loss = make_loss(0.1, rank=rank, world_size=world_size, gather=gather)
+        value = loss({"image_emb": local_img, "text_emb": local_txt})["contrastive_loss"]
+        value.backward()
+        out[rank] = (value.detach(), local_img.grad, local_txt.grad)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gathered_two_process_run_equals_global_batch() -> None:
+    """Mean of per-worker losses is the global-batch loss; gradients averaged as DeepSpeed does match."""
+    torch.manual_seed(4)
+    img, txt = torch.randn(8, 4, dtype=torch.float64), torch.randn(8, 4, dtype=torch.float64)
+    manager = mp.get_context("spawn").Manager()
+    out = manager.dict()
+    mp.start_processes(_worker, args=(2, _free_port(), img, txt, out), nprocs=2, start_method="spawn")
+    g_img, g_txt = img.clone().requires_grad_(True), txt.clone().requires_grad_(True)
+    full = make_loss(0.1)({"image_emb": g_img, "text_emb": g_txt})["contrastive_loss"]
+    full.backward()
+    torch.testing.assert_close((out[0][0] + out[1][0]) / 2, full.detach())
+    # Each worker's gradient sums every worker's loss through the gather; averaging over 2 workers
+    # gives the gradient of the global-batch loss.
+    torch.testing.assert_close(torch.cat([out[0][1], out[1][1]]) / 2, g_img.grad)
+    torch.testing.assert_close(torch.cat([out[0][2], out[1][2]]) / 2, g_txt.grad)
+
+
+@pytest.mark.parametrize("world_size", [1])
+def test_gather_is_identity_on_one_worker(world_size: int) -> None:
+    x = torch.randn(3, 2)
+    assert gather_features(x, world_size=world_size) is x

@@ -1,0 +1,117 @@
+"""Integration: phantom -> ingest (Ray Data) -> 2-worker Ray Train + DeepSpeed ZeRO-2 -> evaluate, on CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+import ray
+import yaml
+
+from brainvlp.runner import load_spec, run
+
+TINY_MODEL = {
+    "vision": {"name": "resnet", "layers": [1, 1, 1, 1], "widths": [4, 8, 8, 16], "max_pool": False},
+    "text": {"path": "builtin:tiny"},
+    "embed_dim": 16,
+    "proj_hidden": 32,
+}
+
+
+def tiny_pipeline(tmp_path: Path, **pretrain_train: object) -> dict:
+    return {
+        "kind": "pipeline",
+        "run_name": "tiny",
+        "output_root": str(tmp_path / "runs"),
+        "phantom": {
+            "dataset": {"num_studies": 24, "num_patients": 20, "shape": [32, 32, 32], "corrupt_studies": 1}
+        },
+        "ingest": {
+            "tokenizer": "builtin:tiny",
+            "volume": {"spacing": [6.0, 6.0, 6.0], "shape": [16, 32, 32]},
+            "splits": {"dev": 0.15, "test": 0.25},
+            "shard_size": 5,
+        },
+        "pretrain": {
+            "data": {"augment": {"enabled": False}},
+            "model": TINY_MODEL,
+            "train": {
+                "num_workers": 2,
+                "cpus_per_worker": 0.5,
+                "batch_size": 4,
+                "epochs": 6,
+                "lr": 3e-3,
+                "log_every": 1,
+                **pretrain_train,
+            },
+            "deepspeed": {"zero_stage": 2},
+        },
+        "evaluate": {"split": "test"},
+    }
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, local_ray) -> tuple[Path, dict]:
+    tmp_path = tmp_path_factory.mktemp("pipeline")
+    spec_file = tmp_path / "tiny.yaml"
+    spec_file.write_text(yaml.safe_dump(tiny_pipeline(tmp_path)))
+    results = run(load_spec(spec_file))
+    return tmp_path / "runs" / "tiny", results
+
+
+def test_ingest_quarantines_the_corrupt_study_and_keeps_the_rest(tiny_run) -> None:
+    run_dir, _ = tiny_run
+    index = json.loads((run_dir / "ingest" / "index.json").read_text())
+    rejects = pq.read_table(run_dir / "ingest" / "rejects.parquet").to_pylist()
+    assert [r["reason"] for r in rejects] == ["unreadable_file"]
+    assert "t1c" in rejects[0]["detail"]
+    assert index["input_studies"] == 24
+    assert sum(index["splits"].values()) == 23 == 24 - index["rejects"]["count"]
+
+
+def test_shards_split_by_patient_and_hide_raw_ids(tiny_run) -> None:
+    run_dir, _ = tiny_run
+    index = json.loads((run_dir / "ingest" / "index.json").read_text())
+    rows = [row for s in index["shards"] for row in pq.read_table(run_dir / "ingest" / s["file"]).to_pylist()]
+    patients_by_split: dict[str, set[str]] = {}
+    for row in rows:
+        patients_by_split.setdefault(row["split"], set()).add(row["patient_pid"])
+    splits = list(patients_by_split.values())
+    assert all(a.isdisjoint(b) for i, a in enumerate(splits) for b in splits[i + 1 :])
+    raw_ids = set(pacsv.read_csv(run_dir / "phantom" / "manifest.csv").column("patient_id").to_pylist())
+    text_values = {v for row in rows for v in row.values() if isinstance(v, str)}
+    assert any(raw.startswith("MRN") for raw in raw_ids)
+    assert not any(raw in value for raw in raw_ids for value in text_values)
+
+
+def test_two_worker_zero2_training_lowers_the_loss(tiny_run) -> None:
+    run_dir, _ = tiny_run
+    history = [json.loads(line) for line in (run_dir / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) >= 6
+    losses = [m["contrastive_loss"] for m in history]
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert last < first - 0.1, losses
+    assert (
+        json.loads((run_dir / "pretrain" / "deepspeed.json").read_text())["zero_optimization"]["stage"] == 2
+    )
+
+
+def test_evaluate_writes_metrics_and_report(tiny_run) -> None:
+    run_dir, _ = tiny_run
+    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+    assert set(metrics["metrics"]) == {"text_to_image", "image_to_text"}
+    assert metrics["metrics"]["text_to_image"]["num_candidates"] == metrics["details"]["studies"]
+    report = (run_dir / "evaluate" / "report.md").read_text()
+    assert "R@5" in report and "MdR" in report
+    assert (run_dir / "spec.resolved.yaml").exists()
+    assert (run_dir / "pretrain" / "export" / "model.safetensors").exists()
