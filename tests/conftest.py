@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
 
 for _key, _value in {
     "DS_ACCELERATOR": "cpu",
@@ -15,3 +19,52 @@ for _key, _value in {
     "TOKENIZERS_PARALLELISM": "false",
 }.items():
     os.environ.setdefault(_key, _value)
+
+
+def _tiny_pipeline(tmp_path: Path, *, num_workers: int = 1, epochs: int = 6) -> dict:
+    """A whole pipeline small enough for CPU tests: 24 phantom studies (one corrupt), a tiny model."""
+    return {
+        "kind": "pipeline",
+        "run_name": "tiny",
+        "output_root": str(tmp_path / "runs"),
+        "phantom": {
+            "dataset": {"num_studies": 24, "num_patients": 20, "shape": [32, 32, 32], "corrupt_studies": 1}
+        },
+        "ingest": {
+            "tokenizer": "builtin:tiny",
+            "volume": {"spacing": [6.0, 6.0, 6.0], "shape": [16, 32, 32]},
+            "splits": {"dev": 0.15, "test": 0.25},
+            "shard_size": 5,
+        },
+        "pretrain": {
+            "data": {"augment": {"enabled": False}},
+            "model": {
+                "vision": {
+                    "name": "resnet",
+                    "layers": [1, 1, 1, 1],
+                    "widths": [4, 8, 8, 16],
+                    "max_pool": False,
+                },
+                "text": {"path": "builtin:tiny"},
+                "embed_dim": 16,
+                "proj_hidden": 32,
+            },
+            "train": {
+                "num_workers": num_workers,
+                "cpus_per_worker": 0.5,
+                "batch_size": 4,
+                "epochs": epochs,
+                "lr": 3e-3,
+                "log_every": 1,
+                "eval_every": 4,
+                "select": "best_dev_R@5",
+            },
+            "deepspeed": {"zero_stage": 2},
+        },
+        "evaluate": {"split": "test"},
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline() -> Callable[..., dict]:
+    return _tiny_pipeline

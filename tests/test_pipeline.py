@@ -13,45 +13,6 @@ import yaml
 
 from brainvlp.runner import load_spec, run
 
-TINY_MODEL = {
-    "vision": {"name": "resnet", "layers": [1, 1, 1, 1], "widths": [4, 8, 8, 16], "max_pool": False},
-    "text": {"path": "builtin:tiny"},
-    "embed_dim": 16,
-    "proj_hidden": 32,
-}
-
-
-def tiny_pipeline(tmp_path: Path, **pretrain_train: object) -> dict:
-    return {
-        "kind": "pipeline",
-        "run_name": "tiny",
-        "output_root": str(tmp_path / "runs"),
-        "phantom": {
-            "dataset": {"num_studies": 24, "num_patients": 20, "shape": [32, 32, 32], "corrupt_studies": 1}
-        },
-        "ingest": {
-            "tokenizer": "builtin:tiny",
-            "volume": {"spacing": [6.0, 6.0, 6.0], "shape": [16, 32, 32]},
-            "splits": {"dev": 0.15, "test": 0.25},
-            "shard_size": 5,
-        },
-        "pretrain": {
-            "data": {"augment": {"enabled": False}},
-            "model": TINY_MODEL,
-            "train": {
-                "num_workers": 2,
-                "cpus_per_worker": 0.5,
-                "batch_size": 4,
-                "epochs": 6,
-                "lr": 3e-3,
-                "log_every": 1,
-                **pretrain_train,
-            },
-            "deepspeed": {"zero_stage": 2},
-        },
-        "evaluate": {"split": "test"},
-    }
-
 
 @pytest.fixture(scope="module")
 def local_ray():
@@ -61,10 +22,10 @@ def local_ray():
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory, local_ray) -> tuple[Path, dict]:
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, local_ray, tiny_pipeline) -> tuple[Path, dict]:
     tmp_path = tmp_path_factory.mktemp("pipeline")
     spec_file = tmp_path / "tiny.yaml"
-    spec_file.write_text(yaml.safe_dump(tiny_pipeline(tmp_path)))
+    spec_file.write_text(yaml.safe_dump(tiny_pipeline(tmp_path, num_workers=2)))
     results = run(load_spec(spec_file))
     return tmp_path / "runs" / "tiny", results
 
@@ -98,6 +59,7 @@ def test_two_worker_zero2_training_lowers_the_loss(tiny_run) -> None:
     run_dir, _ = tiny_run
     history = [json.loads(line) for line in (run_dir / "pretrain" / "metrics.jsonl").read_text().splitlines()]
     assert len(history) >= 6
+    assert any("dev_R@5" in m for m in history)
     losses = [m["contrastive_loss"] for m in history]
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
     assert last < first - 0.1, losses
@@ -114,4 +76,5 @@ def test_evaluate_writes_metrics_and_report(tiny_run) -> None:
     report = (run_dir / "evaluate" / "report.md").read_text()
     assert "R@5" in report and "MdR" in report
     assert (run_dir / "spec.resolved.yaml").exists()
-    assert (run_dir / "pretrain" / "export" / "model.safetensors").exists()
+    export_meta = json.loads((run_dir / "pretrain" / "export" / "model.json").read_text())
+    assert export_meta["selected"].startswith("best dev R@5")

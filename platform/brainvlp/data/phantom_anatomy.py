@@ -266,17 +266,19 @@ def paint(
     """
     t1c, flair = template.t1.copy(), template.flair.copy()
     grain = 1.0 + 0.06 * texture
+    # Contrasts as conspicuous as real pathology: FLAIR lesions and oedema well above grey matter (0.75),
+    # enhancement well above white matter; subtler values vanish under percentile clipping at ingest.
     for placed, enhancing, necrotic in lesions:
         t1c[placed.oedema] *= 0.85
-        flair[placed.oedema] = np.maximum(flair, 0.8 * grain)[placed.oedema]
+        flair[placed.oedema] = np.maximum(flair, 1.25 * grain)[placed.oedema]
         centre = placed.core & (placed.distance < 0.55) if necrotic else np.zeros_like(placed.core)
-        t1c[placed.core] = ((1.2 if enhancing else 0.4) * grain)[placed.core]
-        flair[placed.core] = (0.95 * grain)[placed.core]
-        t1c[centre], flair[centre] = 0.35, 0.6
+        t1c[placed.core] = ((1.8 if enhancing else 0.35) * grain)[placed.core]
+        flair[placed.core] = (1.6 * grain)[placed.core]
+        t1c[centre], flair[centre] = 0.35, 1.0
     if cavity is not None:
         rim = ndimage.binary_dilation(cavity.core) & template.brain & ~cavity.core
-        flair[rim] += 0.25
+        flair[rim] += 0.4
         t1c[cavity.core], flair[cavity.core] = 0.25, 0.05
     if hyperintensities is not None:
-        flair[hyperintensities] += 0.3
+        flair[hyperintensities] += 0.45
     return t1c, flair

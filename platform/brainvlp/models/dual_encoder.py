@@ -26,7 +26,10 @@ class ModelConfig:
     proj_hidden: int | None = 256  # None: a linear projection; else Linear-ReLU-Linear (ConVIRT, pLGG)
     # "flatten" keeps where a finding is (the whole last feature map feeds the head); "mean" pools it away.
     image_pool: Literal["mean", "flatten"] = "mean"
-    dropout: float = 0.0
+    # Separate rates: features of a frozen text encoder differ little between templated reports, and
+    # dropout on them drowns those differences, while the image head needs it against overfitting.
+    image_dropout: float = 0.0
+    text_dropout: float = 0.0
 
 
 def projection(in_dim: int, hidden: int | None, out_dim: int, dropout: float) -> nn.Module:
@@ -46,8 +49,10 @@ class DualEncoder(nn.Module):
         with torch.no_grad():  # the flattened head needs P, which depends on the backbone's strides
             num_positions = self.vision(torch.zeros(1, in_channels, *volume_shape)).shape[1]
         image_dim = self.vision.out_dim * (num_positions if config.image_pool == "flatten" else 1)
-        self.image_proj = projection(image_dim, config.proj_hidden, config.embed_dim, config.dropout)
-        self.text_proj = projection(self.text.out_dim, config.proj_hidden, config.embed_dim, config.dropout)
+        self.image_proj = projection(image_dim, config.proj_hidden, config.embed_dim, config.image_dropout)
+        self.text_proj = projection(
+            self.text.out_dim, config.proj_hidden, config.embed_dim, config.text_dropout
+        )
 
     def encode_image(self, volume_BCDHW: torch.Tensor) -> torch.Tensor:
         tokens_BPF = self.vision(volume_BCDHW)

@@ -28,6 +28,7 @@ class AugmentConfig:
 class DataConfig:
     shards: str | None = None  # an ingest output directory; in a pipeline, the ingest step's
     train_split: str = "train"
+    dev_split: str = "dev"  # evaluated every ``train.eval_every`` steps
     shuffle_buffer: int = 256  # rows in each worker's local shuffle buffer
     # Keep the decoded training split in Ray's object store across epochs (small data sets only).
     materialize: bool = False
@@ -48,6 +49,9 @@ class TrainConfig:
     warmup_steps: int = 0
     schedule: Literal["cosine", "constant"] = "cosine"
     log_every: int = 10
+    eval_every: int | None = None  # steps between dev-split retrieval evaluations; None: never
+    # Which weights the export holds: the last step's, or those with the best mean dev R@5.
+    select: Literal["last", "best_dev_R@5"] = "last"
     seed: int = 0
 
     def validate(self, path: str) -> None:
@@ -58,6 +62,8 @@ class TrainConfig:
                 f"{path}.batch_size",
                 f"{self.batch_size} does not split evenly over {self.num_workers} workers",
             )
+        if self.select != "last" and not self.eval_every:
+            raise SpecError(f"{path}.select", f"{self.select!r} needs train.eval_every to be set")
         if self.epochs < 1:
             raise SpecError(f"{path}.epochs", f"must be >= 1, found {self.epochs}")
 

@@ -19,6 +19,7 @@ from brainvlp.losses import LOSSES
 from brainvlp.models import DualEncoder
 from brainvlp.spec import parse
 from brainvlp.train.config import TrainConfig
+from brainvlp.train.dev_eval import evaluate_dev
 from brainvlp.train.engine import Engine
 from brainvlp.train.task import PretrainTask, build_augment, collate
 
@@ -45,6 +46,22 @@ def total_steps(train: TrainConfig, train_rows: int) -> int:
     return min(steps, train.max_steps) if train.max_steps else steps
 
 
+class BestWeights:
+    """The weights with the best mean dev R@5 so far (a CPU copy), when the spec selects by it."""
+
+    def __init__(self, select: str) -> None:
+        self.enabled = select == "best_dev_R@5"
+        self.score, self.step, self.state = -1.0, 0, None
+
+    def update(self, score: float, step: int, engine: Engine) -> None:
+        # Every rank sees the same unsplit dev set and the same weights, so all take this branch together
+        # (full_state_dict is a collective under ZeRO-3).
+        if self.enabled and score > self.score:
+            state = engine.full_state_dict()
+            self.score, self.step = score, step
+            self.state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     from brainvlp.train.trainer import PretrainSpec  # the spec travels as plain data and is re-validated
 
@@ -57,8 +74,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     micro_batch = spec.train.batch_size // world_size
     steps = total_steps(spec.train, index["splits"][spec.data.train_split])
     engine = Engine(task, spec.deepspeed, spec.train, micro_batch=micro_batch, total_steps=steps)
-    shard = ray.train.get_dataset_shard("train")
     collate_fn = functools.partial(collate, pad_id=index["pad_token_id"])
+    shard, best = ray.train.get_dataset_shard("train"), BestWeights(spec.train.select)
     step, start, history = 0, time.perf_counter(), []
     for epoch in range(spec.train.epochs):
         batches = shard.iter_torch_batches(
@@ -73,46 +90,69 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             engine.backward(outputs["loss"])
             engine.step()
             step += 1
-            if step % spec.train.log_every == 0 or step == steps:
-                metrics = {k: float(v) for k, v in outputs.items() if v.dim() == 0}
+            metrics = {}
+            if spec.train.eval_every and (step % spec.train.eval_every == 0 or step == steps):
+                dev = ray.train.get_dataset_shard("dev")
+                metrics = evaluate_dev(task, dev, collate_fn, engine.device, micro_batch)
+                best.update(metrics["dev_R@5"], step, engine)
+            if metrics or step % spec.train.log_every == 0 or step == steps:
                 elapsed = time.perf_counter() - start
+                metrics.update({k: float(v) for k, v in outputs.items() if v.dim() == 0})
                 metrics.update(
                     step=step, epoch=epoch, lr=engine.lr, samples_per_s=step * spec.train.batch_size / elapsed
                 )
                 history.append(metrics)
                 ray.train.report(metrics)
+                if rank == 0:
+                    _print_progress(metrics, steps, elapsed)
             if step >= steps:
                 break
         if step >= steps:
             break
-    _final_checkpoint(engine, spec, index, history)
+    _final_checkpoint(engine, spec, index, history, best)
 
 
-def _final_checkpoint(engine: Engine, spec: Any, index: dict[str, Any], history: list[dict]) -> None:
+def _print_progress(metrics: dict[str, Any], steps: int, elapsed: float) -> None:
+    eta = elapsed / metrics["step"] * (steps - metrics["step"])
+    dev = f"  dev R@5 {metrics['dev_R@5']:.3f}" if "dev_R@5" in metrics else ""
+    print(
+        f"step {metrics['step']}/{steps}  loss {metrics['loss']:.3f}{dev}  lr {metrics['lr']:.2e}  "
+        f"{metrics['samples_per_s']:.1f} samples/s  eta {eta / 60:.1f} min",
+        flush=True,
+    )
+
+
+def _export_meta(spec: Any, index: dict[str, Any], step: int, selected: str) -> dict[str, Any]:
+    return {
+        "model": spec.model,
+        "in_channels": index["volume_shape"][0],
+        "volume_shape": index["volume_shape"][1:],
+        "scale_max": index["scale_max"],
+        "tokenizer": index["tokenizer"],
+        "pad_token_id": index["pad_token_id"],
+        "sequences": index["sequences"],
+        "step": step,
+        "selected": selected,
+    }
+
+
+def _final_checkpoint(
+    engine: Engine, spec: Any, index: dict[str, Any], history: list[dict], best: BestWeights
+) -> None:
     """Every rank saves its DeepSpeed state; rank 0 adds the exported encoders; Ray merges the directories."""
-    state = engine.full_state_dict()
+    last_step = history[-1]["step"] if history else 0
+    if best.state is not None:
+        state, step, selected = best.state, best.step, f"best dev R@5 {best.score:.4f} at step {best.step}"
+    else:
+        state, step, selected = engine.full_state_dict(), last_step, "last step"
     with tempfile.TemporaryDirectory() as tmp:
         engine.save_checkpoint(Path(tmp) / "deepspeed")
         if ray.train.get_context().get_world_rank() == 0:
             model_state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
-            meta = {
-                "model": spec.model,
-                "in_channels": index["volume_shape"][0],
-                "volume_shape": index["volume_shape"][1:],
-                "scale_max": index["scale_max"],
-                "tokenizer": index["tokenizer"],
-                "pad_token_id": index["pad_token_id"],
-                "sequences": index["sequences"],
-                "step": history[-1]["step"] if history else 0,
-            }
-            save_export(Path(tmp) / "export", model_state, meta)
+            save_export(Path(tmp) / "export", model_state, _export_meta(spec, index, step, selected))
             # The loss curve travels inside the checkpoint: the driver may not share the workers' disk.
             (Path(tmp) / "history.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
-        final = {"step": history[-1]["step"] if history else 0}
-        final.update(
-            {f"first_{k}": v for k, v in (history[0] if history else {}).items() if k.endswith("loss")}
-        )
-        final.update(
-            {f"last_{k}": v for k, v in (history[-1] if history else {}).items() if k.endswith("loss")}
-        )
+        final = {"step": last_step, "selected": selected}
+        for prefix, record in (("first", history[:1]), ("last", history[-1:])):
+            final.update({f"{prefix}_{k}": v for m in record for k, v in m.items() if k.endswith("loss")})
         ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(tmp))

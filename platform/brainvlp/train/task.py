@@ -84,10 +84,14 @@ class PretrainTask(nn.Module):
                 self.text_cache[batch["study_id"][i]] = features_H
         return torch.stack([self.text_cache[s] for s in batch["study_id"]])
 
-    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def embed(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         dtype = next(self.model.image_proj.parameters()).dtype
         image_emb_BE = self.model.encode_image(self.prepare_volume(batch["volume"], dtype))
         text_emb_BE = self.model.project_text(self.text_features(batch).to(dtype))
+        return image_emb_BE, text_emb_BE
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        image_emb_BE, text_emb_BE = self.embed(batch)
         outputs = self.loss({"image_emb": image_emb_BE.float(), "text_emb": text_emb_BE.float()})
         outputs["loss"] = total_loss(outputs)
         return outputs

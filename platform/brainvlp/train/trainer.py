@@ -48,6 +48,8 @@ def check_against_shards(spec: PretrainSpec, index: dict[str, Any]) -> None:
             f"{spec.model.text.path!r} differs from the tokenizer the shards were made with "
             f"({index['tokenizer']!r}); re-ingest or use the same text encoder",
         )
+    if spec.train.eval_every and not index["splits"].get(spec.data.dev_split):
+        raise SpecError("data.dev_split", f"no {spec.data.dev_split!r} studies in the shards to evaluate on")
     rows = index["splits"].get(spec.data.train_split, 0)
     if rows < spec.train.batch_size:
         raise SpecError("train.batch_size", f"{spec.train.batch_size} exceeds the {rows} training studies")
@@ -55,8 +57,19 @@ def check_against_shards(spec: PretrainSpec, index: dict[str, Any]) -> None:
 
 def train_dataset(spec: PretrainSpec) -> ray.data.Dataset:
     files = split_files(spec.data.shards, spec.data.train_split)
+    # The training split is re-streamed every epoch; per-epoch progress bars would flood the job log.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     dataset = ray.data.read_parquet(files, columns=BATCH_COLUMNS, shuffle="files")
     return dataset.materialize() if spec.data.materialize else dataset
+
+
+def datasets(spec: PretrainSpec) -> dict[str, ray.data.Dataset]:
+    """The streamed training split, plus the (small, unsplit) dev split when the spec evaluates on it."""
+    found = {"train": train_dataset(spec)}
+    if spec.train.eval_every:
+        files = split_files(spec.data.shards, spec.data.dev_split)
+        found["dev"] = ray.data.read_parquet(files, columns=[*BATCH_COLUMNS]).materialize()
+    return found
 
 
 def run_pretrain(spec: PretrainSpec, run_dir: Path) -> dict[str, Any]:
@@ -76,7 +89,9 @@ def run_pretrain(spec: PretrainSpec, run_dir: Path) -> dict[str, Any]:
         scaling_config=ScalingConfig(
             num_workers=spec.train.num_workers, use_gpu=spec.train.use_gpu, resources_per_worker=resources
         ),
-        datasets={"train": train_dataset(spec)},
+        datasets=datasets(spec),
+        # Only the training split is sharded over workers; every worker evaluates the whole dev split.
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         run_config=RunConfig(
             name="train",
             storage_path=str(run_dir.resolve()),
@@ -94,5 +109,5 @@ def run_pretrain(spec: PretrainSpec, run_dir: Path) -> dict[str, Any]:
         shutil.copytree(Path(checkpoint) / "export", export_dir, dirs_exist_ok=True)
         shutil.copy(Path(checkpoint) / "history.jsonl", run_dir / "metrics.jsonl")
     summary = {"steps": steps, "export": str(export_dir), "metrics": result.metrics}
-    print(f"pretrain: exported encoders to {export_dir}")
+    print(f"pretrain: exported encoders ({result.metrics.get('selected', 'last step')}) to {export_dir}")
     return summary

@@ -1,0 +1,85 @@
+"""Shard schema round trip, index errors, patient-wise splits and pseudonyms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from brainvlp.data.shards import (
+    SCHEMA,
+    decode_volumes,
+    pad_token_ids,
+    read_index,
+    split_files,
+    write_index,
+    write_table_atomic,
+)
+from brainvlp.data.splits import SplitConfig, assign_splits, pseudonymise
+
+
+def shard_row(study: str, volume: np.ndarray) -> dict:
+    return {
+        "study_id": study, "patient_pid": "p" + study, "split": "train", "fold": 0,
+        "volume": volume.tobytes(), "volume_shape": list(volume.shape), "spacing": [1.0, 1.0, 1.0],
+        "present": [True, False], "mask": None, "input_ids": [2, 7, 9, 3],
+        "sentence_spans": [[1, 3]], "truncated": False, "findings": "{}",
+    }  # fmt: skip
+
+
+def test_round_trip_keeps_volumes_int16_and_exact(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    volumes = [rng.integers(0, 800, size=(2, 3, 4, 5), dtype=np.int16) for _ in range(3)]
+    write_table_atomic(
+        [shard_row(f"s{i}", v) for i, v in enumerate(volumes)], SCHEMA, tmp_path / "train-00000.parquet"
+    )
+    table = pq.read_table(tmp_path / "train-00000.parquet")
+    assert table.schema.equals(SCHEMA)
+    decoded = decode_volumes(table.column("volume").to_pylist(), table.column("volume_shape").to_pylist())
+    assert decoded.dtype == np.int16 and decoded.shape == (3, 2, 3, 4, 5)
+    np.testing.assert_array_equal(decoded, np.stack(volumes))
+    assert table.column("sentence_spans").to_pylist()[0] == [[1, 3]]
+    assert not list(tmp_path.glob(".tmp-*"))  # the temporary file was renamed away
+
+
+def test_mixed_volume_shapes_in_one_batch_are_an_error() -> None:
+    with pytest.raises(ValueError, match="different shapes"):
+        decode_volumes([b"\0" * 8, b"\0" * 16], [[1, 2, 2, 1], [1, 2, 2, 2]])
+
+
+def test_pad_token_ids() -> None:
+    ids, mask = pad_token_ids([[2, 5, 3], [2, 3]], pad_id=0)
+    np.testing.assert_array_equal(ids, [[2, 5, 3], [2, 3, 0]])
+    np.testing.assert_array_equal(mask, [[1, 1, 1], [1, 1, 0]])
+
+
+def test_index_errors_name_the_directory(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="output directory of an ingest job"):
+        read_index(tmp_path)
+    write_index(tmp_path, {"shards": [{"file": "train-00000.parquet", "split": "train", "rows": 3}]})
+    assert split_files(tmp_path, "train") == [str(tmp_path / "train-00000.parquet")]
+    with pytest.raises(ValueError, match=r"no shards for split 'test'; splits with data: \['train'\]"):
+        split_files(tmp_path, "test")
+
+
+def test_splits_are_by_patient_seeded_and_complete() -> None:
+    studies = [{"patient_pid": f"p{i % 37}"} for i in range(100)]
+    assign_splits(studies, SplitConfig(dev=0.1, test=0.2, num_folds=4, seed=3))
+    split_of: dict[str, set[str]] = {}
+    for study in studies:
+        split_of.setdefault(study["patient_pid"], set()).add(study["split"])
+        assert (study["fold"] >= 0) == (study["split"] == "train")
+    assert all(len(splits) == 1 for splits in split_of.values())  # a patient never spans two splits
+    counts = {s: sum(1 for v in split_of.values() if s in v) for s in ("train", "dev", "test")}
+    assert counts == {"train": 26, "dev": 4, "test": 7}
+    again = [{"patient_pid": f"p{i % 37}"} for i in range(100)]
+    assign_splits(again, SplitConfig(dev=0.1, test=0.2, num_folds=4, seed=3))
+    assert [s["split"] for s in again] == [s["split"] for s in studies]
+
+
+def test_pseudonyms_are_keyed_and_stable() -> None:
+    assert pseudonymise("MRN001", b"k1") == pseudonymise("MRN001", b"k1")
+    assert pseudonymise("MRN001", b"k1") != pseudonymise("MRN001", b"k2")
+    assert "MRN001" not in pseudonymise("MRN001", b"k1")
