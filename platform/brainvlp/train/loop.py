@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -115,11 +116,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def _print_progress(metrics: dict[str, Any], steps: int, elapsed: float) -> None:
     eta = elapsed / metrics["step"] * (steps - metrics["step"])
     dev = f"  dev R@5 {metrics['dev_R@5']:.3f}" if "dev_R@5" in metrics else ""
-    print(
+    # sys.stdout, not print: Ray Train patches print on workers, which shows every line twice.
+    sys.stdout.write(
         f"step {metrics['step']}/{steps}  loss {metrics['loss']:.3f}{dev}  lr {metrics['lr']:.2e}  "
-        f"{metrics['samples_per_s']:.1f} samples/s  eta {eta / 60:.1f} min",
-        flush=True,
+        f"{metrics['samples_per_s']:.1f} samples/s  eta {eta / 60:.1f} min\n"
     )
+    sys.stdout.flush()
 
 
 def _export_meta(spec: Any, index: dict[str, Any], step: int, selected: str) -> dict[str, Any]:
