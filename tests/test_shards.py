@@ -65,16 +65,16 @@ def test_index_errors_name_the_directory(tmp_path: Path) -> None:
 
 
 def test_splits_are_by_patient_seeded_and_complete() -> None:
-    studies = [{"patient_pid": f"p{i % 37}"} for i in range(100)]
+    studies = [{"patient_id": f"p{i % 37}"} for i in range(100)]
     assign_splits(studies, SplitConfig(dev=0.1, test=0.2, num_folds=4, seed=3))
     split_of: dict[str, set[str]] = {}
     for study in studies:
-        split_of.setdefault(study["patient_pid"], set()).add(study["split"])
+        split_of.setdefault(study["patient_id"], set()).add(study["split"])
         assert (study["fold"] >= 0) == (study["split"] == "train")
     assert all(len(splits) == 1 for splits in split_of.values())  # a patient never spans two splits
     counts = {s: sum(1 for v in split_of.values() if s in v) for s in ("train", "dev", "test")}
     assert counts == {"train": 26, "dev": 4, "test": 7}
-    again = [{"patient_pid": f"p{i % 37}"} for i in range(100)]
+    again = [{"patient_id": f"p{i % 37}"} for i in range(100)]
     assign_splits(again, SplitConfig(dev=0.1, test=0.2, num_folds=4, seed=3))
     assert [s["split"] for s in again] == [s["split"] for s in studies]
 

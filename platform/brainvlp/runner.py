@@ -140,7 +140,13 @@ def run(spec: Any) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_resolved(spec, run_dir / "spec.resolved.yaml")
     mode = init_ray()
-    print(f"brainvlp: {spec.kind} run {spec.run_name!r} in {run_dir} (ray: {mode})")
+    if mode == "cluster" and not Path(spec.output_root).is_absolute():
+        log.warning(
+            "output_root %r is relative: under `ray job submit` it resolves inside the job's copy of the "
+            "working directory; set an absolute path on shared storage (--set output_root=/shared/runs)",
+            spec.output_root,
+        )
+    print(f"brainvlp: {spec.kind} run {spec.run_name!r} in {run_dir.resolve()} (ray: {mode})")
     steps = (
         [(k, getattr(spec, k), run_dir / k) for k in spec.steps]
         if spec.kind == "pipeline"

@@ -119,10 +119,10 @@ def run_ingest(spec: IngestSpec, run_dir: Path) -> dict[str, Any]:
     manifest_path = Path(spec.manifest)
     studies, rejects = manifest_io.read_studies(manifest_path, spec.columns, spec.sequences)
     num_input = len(studies) + len(rejects)
+    assign_splits(studies, spec.splits)
     key = manifest_io.pseudonym_key(spec.pseudonym_key_env, run_dir)
     for study in studies:
         study["patient_pid"] = pseudonymise(study.pop("patient_id"), key)
-    assign_splits(studies, spec.splits)
     tokenizer = load_tokenizer(spec.tokenizer)  # fail here, not inside every task, if it cannot load
     plans = plan_shards(studies, spec.shard_size)
     log.info("ingest: %d studies in %d shards (%d rejected up front)", len(studies), len(plans), len(rejects))

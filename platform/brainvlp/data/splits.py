@@ -31,9 +31,13 @@ def pseudonymise(patient_id: str, key: bytes) -> str:
     return hmac.new(key, patient_id.encode(), hashlib.sha256).hexdigest()[:24]
 
 
-def assign_splits(studies: list[dict[str, Any]], config: SplitConfig) -> None:
-    """Set ``split`` and ``fold`` on every study, by patient: a patient never spans two splits."""
-    patients = sorted({s["patient_pid"] for s in studies})
+def assign_splits(studies: list[dict[str, Any]], config: SplitConfig, key: str = "patient_id") -> None:
+    """Set ``split`` and ``fold`` on every study, by patient: a patient never spans two splits.
+
+    Runs on the raw ids (in memory only), so the same seed gives the same split whatever pseudonymisation
+    key a later ingest of the same export uses.
+    """
+    patients = sorted({s[key] for s in studies})
     order = np.random.default_rng(config.seed).permutation(len(patients))
     num_test = round(config.test * len(patients))
     num_dev = round(config.dev * len(patients))
@@ -48,5 +52,5 @@ def assign_splits(studies: list[dict[str, Any]], config: SplitConfig) -> None:
             split_of[patient] = "train"
             fold_of[patient] = (position - num_test - num_dev) % config.num_folds
     for study in studies:
-        study["split"] = split_of[study["patient_pid"]]
-        study["fold"] = fold_of.get(study["patient_pid"], -1)
+        study["split"] = split_of[study[key]]
+        study["fold"] = fold_of.get(study[key], -1)
