@@ -98,15 +98,16 @@ def link_pipeline(spec: PipelineSpec) -> None:
         _require_inputs(step, getattr(spec, step))
 
 
+_REQUIRED_INPUTS = {"ingest": ("manifest",), "pretrain": ("data.shards",), "evaluate": ("model", "shards")}
+
+
 def _require_inputs(step: str, spec: Any) -> None:
-    missing = {
-        "ingest": [("manifest", spec.manifest if step == "ingest" else 0)],
-        "pretrain": [("data.shards", spec.data.shards if step == "pretrain" else 0)],
-        "evaluate": [("model", getattr(spec, "model", 0)), ("shards", getattr(spec, "shards", 0))],
-    }.get(step, [])
-    for name, value in missing:
+    for dotted in _REQUIRED_INPUTS.get(step, ()):
+        value = spec
+        for part in dotted.split("."):
+            value = getattr(value, part)
         if value is None:
-            raise SpecError(f"{step}.{name}", "required (no earlier pipeline step provides it)")
+            raise SpecError(f"{step}.{dotted}", "required (no earlier pipeline step provides it)")
 
 
 def _run_phantom(spec: PhantomSpec, run_dir: Path) -> Any:
