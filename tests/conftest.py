@@ -56,7 +56,7 @@ def _tiny_pipeline(tmp_path: Path, *, num_workers: int = 1, epochs: int = 6) -> 
                 "epochs": epochs,
                 "lr": 3e-3,
                 "log_every": 1,
-                "eval_every": 4,
+                "eval_every": 8,
                 "select": "best_dev_R@5",
             },
             "deepspeed": {"zero_stage": 2},

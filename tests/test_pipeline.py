@@ -25,7 +25,7 @@ def local_ray():
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, local_ray, tiny_pipeline) -> tuple[Path, dict]:
     tmp_path = tmp_path_factory.mktemp("pipeline")
     spec_file = tmp_path / "tiny.yaml"
-    spec_file.write_text(yaml.safe_dump(tiny_pipeline(tmp_path, num_workers=2)))
+    spec_file.write_text(yaml.safe_dump(tiny_pipeline(tmp_path, num_workers=2, epochs=20)))
     results = run(load_spec(spec_file))
     return tmp_path / "runs" / "tiny", results
 
@@ -58,11 +58,11 @@ def test_shards_split_by_patient_and_hide_raw_ids(tiny_run) -> None:
 def test_two_worker_zero2_training_lowers_the_loss(tiny_run) -> None:
     run_dir, _ = tiny_run
     history = [json.loads(line) for line in (run_dir / "pretrain" / "metrics.jsonl").read_text().splitlines()]
-    assert len(history) >= 6
+    assert len(history) >= 40
     assert any("dev_R@5" in m for m in history)
     losses = [m["contrastive_loss"] for m in history]
-    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
-    assert last < first - 0.1, losses
+    first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8  # means: single batches of 4 are noisy
+    assert last < first - 0.2, losses
     assert (
         json.loads((run_dir / "pretrain" / "deepspeed.json").read_text())["zero_optimization"]["stage"] == 2
     )

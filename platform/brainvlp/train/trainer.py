@@ -59,7 +59,8 @@ def train_dataset(spec: PretrainSpec) -> ray.data.Dataset:
     files = split_files(spec.data.shards, spec.data.train_split)
     # The training split is re-streamed every epoch; per-epoch progress bars would flood the job log.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    dataset = ray.data.read_parquet(files, columns=BATCH_COLUMNS, shuffle="files")
+    shuffle = ray.data.FileShuffleConfig(seed=spec.train.seed)  # a new, seeded file order every epoch
+    dataset = ray.data.read_parquet(files, columns=BATCH_COLUMNS, shuffle=shuffle)
     return dataset.materialize() if spec.data.materialize else dataset
 
 
