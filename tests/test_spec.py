@@ -40,7 +40,7 @@ def test_quickstart_validates_and_links_steps() -> None:
     ("override", "path", "fragment"),
     [
         ("pretrain.trian.epochs=3", "pretrain.trian", "unknown key; allowed keys: data, deepspeed"),
-        ("pretrain.loss.name=clpi", "pretrain.loss.name", "'clpi' is not one of: clip"),
+        ("pretrain.loss.name=clpi", "pretrain.loss.name", "'clpi' is not one of: clip, convirt"),
         (
             "pretrain.model.vision.name=vgg",
             "pretrain.model.vision.name",
@@ -73,7 +73,7 @@ def test_typo_in_file_fails_before_ray_starts(tmp_path: Path) -> None:
 
 def test_missing_component_name_lists_choices(tmp_path: Path) -> None:
     spec = {"kind": "pretrain", "data": {"shards": "x"}, "loss": {"temperature": 0.1}}
-    assert "loss.name: required; choose a loss: clip" in error_of(write(tmp_path, spec))
+    assert "loss.name: required; choose a loss: clip, convirt" in error_of(write(tmp_path, spec))
 
 
 def test_standalone_step_requires_its_inputs(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 
 from brainvlp.registry import Registry
 
@@ -32,6 +33,20 @@ class LossConfig:
 
 def no_gather(features: torch.Tensor) -> torch.Tensor:
     return features
+
+
+def cross_modal_similarities(
+    image_BD: torch.Tensor, text_BD: torch.Tensor, *, rank: int, gather: Gather
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cosine similarities of this worker's B queries against all G gathered candidates, both ways.
+
+    Returns ``sim_i2t_BG``, ``sim_t2i_BG`` and the index of each query's match among the candidates (the
+    local batch sits at offset ``rank * B`` of the gathered one).
+    """
+    image_BD, text_BD = F.normalize(image_BD, dim=-1), F.normalize(text_BD, dim=-1)
+    image_GD, text_GD = gather(image_BD), gather(text_BD)
+    labels_B = torch.arange(image_BD.shape[0], device=image_BD.device) + rank * image_BD.shape[0]
+    return image_BD @ text_GD.T, text_BD @ image_GD.T, labels_B
 
 
 def total_loss(outputs: dict[str, torch.Tensor]) -> torch.Tensor:

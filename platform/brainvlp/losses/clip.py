@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from brainvlp.losses.base import LOSSES, Gather, LossConfig, no_gather
+from brainvlp.losses.base import LOSSES, Gather, LossConfig, cross_modal_similarities, no_gather
 
 
 @dataclass
@@ -46,12 +46,11 @@ class ClipLoss(nn.Module):
         self.log_scale = nn.Parameter(log_scale, requires_grad=config.learnable_temperature)
 
     def forward(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        img_BD = F.normalize(outputs["image_emb"], dim=-1)
-        txt_BD = F.normalize(outputs["text_emb"], dim=-1)
-        img_GD, txt_GD = self.gather(img_BD), self.gather(txt_BD)
+        sim_i2t_BG, sim_t2i_BG, labels_B = cross_modal_similarities(
+            outputs["image_emb"], outputs["text_emb"], rank=self.rank, gather=self.gather
+        )
         scale = self.log_scale.clamp(max=self.max_log_scale).exp().squeeze(0)
-        labels_B = torch.arange(img_BD.shape[0], device=img_BD.device) + self.rank * img_BD.shape[0]
-        logits_i2t_BG = scale * img_BD @ txt_GD.T
-        logits_t2i_BG = scale * txt_BD @ img_GD.T
-        loss = (F.cross_entropy(logits_i2t_BG, labels_B) + F.cross_entropy(logits_t2i_BG, labels_B)) / 2
+        loss = (
+            F.cross_entropy(scale * sim_i2t_BG, labels_B) + F.cross_entropy(scale * sim_t2i_BG, labels_B)
+        ) / 2
         return {"contrastive_loss": loss, "logit_scale": scale.detach()}

@@ -1,4 +1,4 @@
-"""CLIP loss against a float64 double-loop reference, gradients, invariances, and a 2-process gather."""
+"""CLIP and ConVIRT losses vs float64 double-loop references; gradients, invariances, 2-process gather."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from brainvlp.distributed import gather_features
 from brainvlp.losses import LOSSES
 from brainvlp.losses.clip import ClipLossConfig
+from brainvlp.losses.convirt import ConvirtLossConfig
 
 
 def reference_clip(img: torch.Tensor, txt: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -85,7 +86,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, img: torch.Tensor, txt: torch.Tensor, out: dict) -> None:
+def _worker(
+    rank: int, world_size: int, port: int, config: object, img: torch.Tensor, txt: torch.Tensor, out: dict
+) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
@@ -93,7 +96,7 @@ def _worker(rank: int, world_size: int, port: int, img: torch.Tensor, txt: torch
         local_img = img[rank * chunk : (rank + 1) * chunk].clone().requires_grad_(True)
         local_txt = txt[rank * chunk : (rank + 1) * chunk].clone().requires_grad_(True)
         gather = lambda x: gather_features(x, world_size=world_size)  # noqa: E731
-        loss = make_loss(0.1, rank=rank, world_size=world_size, gather=gather)
+        loss = LOSSES.build(config, rank=rank, world_size=world_size, gather=gather).double()
         value = loss({"image_emb": local_img, "text_emb": local_txt})["contrastive_loss"]
         value.backward()
         out[rank] = (value.detach(), local_img.grad, local_txt.grad)
@@ -101,15 +104,18 @@ def _worker(rank: int, world_size: int, port: int, img: torch.Tensor, txt: torch
         dist.destroy_process_group()
 
 
-def test_gathered_two_process_run_equals_global_batch() -> None:
+@pytest.mark.parametrize(
+    "config", [ClipLossConfig(temperature=0.1), ConvirtLossConfig()], ids=["clip", "convirt"]
+)
+def test_gathered_two_process_run_equals_global_batch(config: object) -> None:
     """Mean of per-worker losses is the global-batch loss; gradients averaged as DeepSpeed does match."""
     torch.manual_seed(4)
     img, txt = torch.randn(8, 4, dtype=torch.float64), torch.randn(8, 4, dtype=torch.float64)
     manager = mp.get_context("spawn").Manager()
     out = manager.dict()
-    mp.start_processes(_worker, args=(2, _free_port(), img, txt, out), nprocs=2, start_method="spawn")
+    mp.start_processes(_worker, args=(2, _free_port(), config, img, txt, out), nprocs=2, start_method="spawn")
     g_img, g_txt = img.clone().requires_grad_(True), txt.clone().requires_grad_(True)
-    full = make_loss(0.1)({"image_emb": g_img, "text_emb": g_txt})["contrastive_loss"]
+    full = LOSSES.build(config).double()({"image_emb": g_img, "text_emb": g_txt})["contrastive_loss"]
     full.backward()
     torch.testing.assert_close((out[0][0] + out[1][0]) / 2, full.detach())
     # Each worker's gradient sums every worker's loss through the gather; averaging over 2 workers
@@ -122,3 +128,54 @@ def test_gathered_two_process_run_equals_global_batch() -> None:
 def test_gather_is_identity_on_one_worker(world_size: int) -> None:
     x = torch.randn(3, 2)
     assert gather_features(x, world_size=world_size) is x
+
+
+def reference_convirt(img: torch.Tensor, txt: torch.Tensor, tau: float, lam: float) -> torch.Tensor:
+    """ConVIRT's Eq. 1-3 written out: lambda * l(v->u) + (1 - lambda) * l(u->v), averaged over pairs."""
+    img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
+    n = img.shape[0]
+    total = 0.0
+    for i in range(n):
+        v_to_u = [math.exp(float(img[i] @ txt[k]) / tau) for k in range(n)]
+        u_to_v = [math.exp(float(txt[i] @ img[k]) / tau) for k in range(n)]
+        total += lam * -math.log(v_to_u[i] / sum(v_to_u)) + (1 - lam) * -math.log(u_to_v[i] / sum(u_to_v))
+    return torch.tensor(total / n, dtype=torch.float64)
+
+
+@pytest.mark.parametrize(("tau", "lam"), [(0.1, 0.75), (0.5, 0.0), (0.07, 1.0)])
+def test_convirt_matches_reference_float64(tau: float, lam: float) -> None:
+    torch.manual_seed(5)
+    img, txt = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
+    loss = LOSSES.build(ConvirtLossConfig(temperature=tau, image_to_text_weight=lam))
+    got = loss({"image_emb": img, "text_emb": txt})["contrastive_loss"]
+    torch.testing.assert_close(got, reference_convirt(img, txt, tau, lam))
+
+
+def test_convirt_with_equal_weights_is_clip_at_a_fixed_temperature() -> None:
+    torch.manual_seed(6)
+    img, txt = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)
+    convirt = LOSSES.build(ConvirtLossConfig(temperature=0.2, image_to_text_weight=0.5))
+    clip = make_loss(0.2)
+    batch = {"image_emb": img, "text_emb": txt}
+    torch.testing.assert_close(convirt(batch)["contrastive_loss"], clip(batch)["contrastive_loss"])
+
+
+def test_convirt_gradients_and_permutation_invariance() -> None:
+    torch.manual_seed(7)
+    img = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    txt = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    loss = LOSSES.build(ConvirtLossConfig())
+    assert torch.autograd.gradcheck(
+        lambda a, b: loss({"image_emb": a, "text_emb": b})["contrastive_loss"], (img, txt)
+    )
+    perm = torch.randperm(4)
+    base = loss({"image_emb": img, "text_emb": txt})["contrastive_loss"]
+    permuted = loss({"image_emb": img[perm], "text_emb": txt[perm]})["contrastive_loss"]
+    torch.testing.assert_close(base, permuted)
+
+
+def test_convirt_weight_out_of_range_is_a_spec_error() -> None:
+    from brainvlp.spec import SpecError, parse
+
+    with pytest.raises(SpecError, match=r"loss.image_to_text_weight: must be in \[0, 1\]"):
+        parse(ConvirtLossConfig, {"name": "convirt", "image_to_text_weight": 1.5}, "loss")

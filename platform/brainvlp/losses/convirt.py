@@ -1,0 +1,56 @@
+"""ConVIRT loss (METHODS 3 ``convirt``; Zhang et al., seeds/003): asymmetric InfoNCE with a fixed temperature.
+
+Shape legend: B local batch, G global batch (B x world_size), D embedding width.
+
+L = lambda * l(image -> text) + (1 - lambda) * l(text -> image), each an InfoNCE term averaged over the
+batch, tau = 0.1 and lambda = 0.75 by default. Negatives come from every worker, as in ``clip``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from brainvlp.losses.base import LOSSES, Gather, LossConfig, cross_modal_similarities, no_gather
+from brainvlp.spec import SpecError
+
+
+@dataclass
+class ConvirtLossConfig(LossConfig):
+    name: str = "convirt"
+    temperature: float = 0.1
+    image_to_text_weight: float = 0.75  # ConVIRT's lambda; the text -> image term gets 1 - lambda
+
+    def validate(self, path: str) -> None:
+        if not 0 < self.temperature < 10:
+            raise SpecError(f"{path}.temperature", f"must be in (0, 10), found {self.temperature}")
+        if not 0 <= self.image_to_text_weight <= 1:
+            raise SpecError(
+                f"{path}.image_to_text_weight", f"must be in [0, 1], found {self.image_to_text_weight}"
+            )
+
+
+@LOSSES.register("convirt", config=ConvirtLossConfig)
+class ConvirtLoss(nn.Module):
+    def __init__(
+        self, config: ConvirtLossConfig, *, rank: int = 0, world_size: int = 1, gather: Gather = no_gather
+    ) -> None:
+        super().__init__()
+        self.rank, self.world_size, self.gather = rank, world_size, gather
+        self.temperature, self.weight = config.temperature, config.image_to_text_weight
+
+    def forward(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        sim_i2t_BG, sim_t2i_BG, labels_B = cross_modal_similarities(
+            outputs["image_emb"], outputs["text_emb"], rank=self.rank, gather=self.gather
+        )
+        image_to_text = F.cross_entropy(sim_i2t_BG / self.temperature, labels_B)
+        text_to_image = F.cross_entropy(sim_t2i_BG / self.temperature, labels_B)
+        loss = self.weight * image_to_text + (1 - self.weight) * text_to_image
+        return {
+            "contrastive_loss": loss,
+            "image_to_text": image_to_text.detach(),
+            "text_to_image": text_to_image.detach(),
+        }
