@@ -18,16 +18,19 @@ from brainvlp.losses.clip import ClipLossConfig
 from brainvlp.losses.convirt import ConvirtLossConfig
 
 
-def reference_clip(img: torch.Tensor, txt: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Symmetric InfoNCE written out term by term."""
+def reference_info_nce(img: torch.Tensor, txt: torch.Tensor, tau: float, lam: float) -> torch.Tensor:
+    """lambda * l(image -> text) + (1 - lambda) * l(text -> image), term by term, averaged over pairs.
+
+    ConVIRT's Eq. 1-3; CLIP's symmetric loss is lambda = 0.5.
+    """
     img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
     n = img.shape[0]
     total = 0.0
     for i in range(n):
-        i2t = [math.exp(float(img[i] @ txt[j]) / temperature) for j in range(n)]
-        t2i = [math.exp(float(txt[i] @ img[j]) / temperature) for j in range(n)]
-        total += -math.log(i2t[i] / sum(i2t)) - math.log(t2i[i] / sum(t2i))
-    return torch.tensor(total / (2 * n), dtype=torch.float64)
+        i2t = [math.exp(float(img[i] @ txt[k]) / tau) for k in range(n)]
+        t2i = [math.exp(float(txt[i] @ img[k]) / tau) for k in range(n)]
+        total += lam * -math.log(i2t[i] / sum(i2t)) + (1 - lam) * -math.log(t2i[i] / sum(t2i))
+    return torch.tensor(total / n, dtype=torch.float64)
 
 
 def make_loss(temperature: float = 0.1, **kwargs) -> torch.nn.Module:
@@ -38,7 +41,7 @@ def test_matches_reference_float64() -> None:
     torch.manual_seed(0)
     img, txt = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
     got = make_loss(0.1)({"image_emb": img, "text_emb": txt})["contrastive_loss"]
-    torch.testing.assert_close(got, reference_clip(img, txt, 0.1))
+    torch.testing.assert_close(got, reference_info_nce(img, txt, 0.1, 0.5))
 
 
 def test_gradients_reach_both_towers_and_temperature() -> None:
@@ -130,25 +133,13 @@ def test_gather_is_identity_on_one_worker(world_size: int) -> None:
     assert gather_features(x, world_size=world_size) is x
 
 
-def reference_convirt(img: torch.Tensor, txt: torch.Tensor, tau: float, lam: float) -> torch.Tensor:
-    """ConVIRT's Eq. 1-3 written out: lambda * l(v->u) + (1 - lambda) * l(u->v), averaged over pairs."""
-    img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
-    n = img.shape[0]
-    total = 0.0
-    for i in range(n):
-        v_to_u = [math.exp(float(img[i] @ txt[k]) / tau) for k in range(n)]
-        u_to_v = [math.exp(float(txt[i] @ img[k]) / tau) for k in range(n)]
-        total += lam * -math.log(v_to_u[i] / sum(v_to_u)) + (1 - lam) * -math.log(u_to_v[i] / sum(u_to_v))
-    return torch.tensor(total / n, dtype=torch.float64)
-
-
 @pytest.mark.parametrize(("tau", "lam"), [(0.1, 0.75), (0.5, 0.0), (0.07, 1.0)])
 def test_convirt_matches_reference_float64(tau: float, lam: float) -> None:
     torch.manual_seed(5)
     img, txt = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
     loss = LOSSES.build(ConvirtLossConfig(temperature=tau, image_to_text_weight=lam))
     got = loss({"image_emb": img, "text_emb": txt})["contrastive_loss"]
-    torch.testing.assert_close(got, reference_convirt(img, txt, tau, lam))
+    torch.testing.assert_close(got, reference_info_nce(img, txt, tau, lam))
 
 
 def test_convirt_with_equal_weights_is_clip_at_a_fixed_temperature() -> None:

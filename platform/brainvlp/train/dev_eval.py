@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from brainvlp.evaluate.retrieval import retrieval_metrics
-from brainvlp.train.task import PretrainTask
+from brainvlp.train.task import PretrainTask, to_device
 
 
 def evaluate_dev(
@@ -23,8 +23,7 @@ def evaluate_dev(
     images, texts = [], []
     with torch.no_grad():
         for batch in dev_shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate_fn):
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            image_emb_BE, text_emb_BE = task.embed(batch)
+            image_emb_BE, text_emb_BE = task.embed(to_device(batch, device))
             images.append(image_emb_BE.float().cpu())
             texts.append(text_emb_BE.float().cpu())
     task.train(was_training)

@@ -22,13 +22,9 @@ from brainvlp.spec import parse
 from brainvlp.train.config import TrainConfig
 from brainvlp.train.dev_eval import evaluate_dev
 from brainvlp.train.engine import Engine
-from brainvlp.train.task import PretrainTask, build_augment, collate
+from brainvlp.train.task import PretrainTask, build_augment, collate, to_device
 
 log = logging.getLogger(__name__)
-
-
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def _build(spec: Any, index: dict[str, Any], rank: int, world_size: int) -> PretrainTask:
@@ -87,7 +83,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             local_shuffle_seed=spec.train.seed + epoch,
         )
         for batch in batches:
-            outputs = engine(_to_device(batch, engine.device))
+            outputs = engine(to_device(batch, engine.device))
             engine.backward(outputs["loss"])
             engine.step()
             step += 1

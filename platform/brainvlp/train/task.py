@@ -35,6 +35,11 @@ def collate(batch: dict[str, np.ndarray], pad_id: int = 0) -> dict[str, Any]:
     }
 
 
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Move a collated batch's tensors to the training device (study ids stay a list)."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 def build_augment(config: AugmentConfig, seed: int) -> mt.Compose | None:
     if not config.enabled:
         return None

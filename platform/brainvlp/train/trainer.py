@@ -69,7 +69,7 @@ def datasets(spec: PretrainSpec) -> dict[str, ray.data.Dataset]:
     found = {"train": train_dataset(spec)}
     if spec.train.eval_every:
         files = split_files(spec.data.shards, spec.data.dev_split)
-        found["dev"] = ray.data.read_parquet(files, columns=[*BATCH_COLUMNS]).materialize()
+        found["dev"] = ray.data.read_parquet(files, columns=BATCH_COLUMNS).materialize()
     return found
 
 
