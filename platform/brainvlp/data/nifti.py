@@ -18,6 +18,7 @@ float64, which costs ~2.5x the memory and ~10x the time on a 512x512x300 int16 v
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 import zlib
@@ -34,6 +35,7 @@ from nibabel.spaces import vox2out_vox
 from nibabel.spatialimages import HeaderDataError
 from scipy import ndimage
 
+from brainvlp.data import storage
 from brainvlp.data.errors import RejectError
 
 Fit = Literal["resize", "crop_pad"]
@@ -47,7 +49,7 @@ MAX_VOXEL_MM = 20.0
 MAX_EXTENT_MM = 500.0
 # SeLIP truncates at the 99.9th percentile of the whole image.
 SELIP_PERCENTILE = 99.9
-# Failures nibabel/numpy raise on bytes that are not a readable NIfTI volume.
+# Failures pyarrow/gzip/nibabel/numpy raise on bytes that are not a readable NIfTI volume.
 _READ_ERRORS = (OSError, EOFError, ValueError, TypeError, zlib.error, ImageFileError, HeaderDataError)
 
 Grid = tuple[tuple[int, int, int], np.ndarray]
@@ -95,7 +97,8 @@ class StudyVolume:
 
 
 def load_nifti(path: str, *, label: str | None = None, allow_empty: bool = False) -> nib.Nifti1Image:
-    """Load and validate one 3D volume; return it with float32 voxels in memory.
+    """Load and validate one 3D volume from a local path or a filesystem URI; return it with float32
+    voxels in memory.
 
     ``label`` names the file in reject details (default: its base name); pass a sequence name when paths
     may carry patient ids. ``allow_empty`` accepts a constant volume (an all-zero mask is legitimate).
@@ -103,24 +106,32 @@ def load_nifti(path: str, *, label: str | None = None, allow_empty: bool = False
     """
     name = label or os.path.basename(path)
     try:
-        img = nib.load(path)
+        data = storage.read_bytes(path)
+        img = _nifti_from_bytes(data, name)
     except _READ_ERRORS as exc:
-        # ``from None``: nibabel's messages embed the full path, which may contain patient ids.
+        # ``from None``: pyarrow's and nibabel's messages embed the full path, which may hold patient ids.
         raise RejectError("unreadable_file", f"{name}: {type(exc).__name__}") from None
-    if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is a subclass
-        raise RejectError("unreadable_file", f"{name}: {type(img).__name__} is not NIfTI-1/2")
     shape = _spatial_shape(img.shape, name)
-    _check_geometry(img, shape, name)
+    _check_geometry(img, _raw_pixdim(img, data), shape, name)
     try:
-        data = _voxels_float32(img).reshape(shape)
+        voxels = _voxels_float32(img).reshape(shape)
     except _READ_ERRORS as exc:
         raise RejectError("unreadable_file", f"{name}: {type(exc).__name__} reading voxels") from None
-    lo, hi = data.min(), data.max()  # min/max propagate NaN/Inf without a full-size boolean temporary
+    lo, hi = voxels.min(), voxels.max()  # min/max propagate NaN/Inf without a full-size boolean temporary
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise RejectError("nonfinite_voxels", f"{name}: NaN or Inf voxels")
     if lo == hi and not allow_empty:
         raise RejectError("empty_volume", f"{name}: every voxel equals {float(lo):g}")
-    return nib.Nifti1Image(data, img.affine)
+    return nib.Nifti1Image(voxels, img.affine)
+
+
+def _nifti_from_bytes(data: bytes, name: str) -> nib.Nifti1Image:
+    """Parse an uncompressed single-file NIfTI-1 or NIfTI-2 image held in memory."""
+    for image_class in (nib.Nifti1Image, nib.Nifti2Image):
+        header = image_class.header_class
+        if header.may_contain_header(data[: header.sizeof_hdr]):
+            return image_class.from_bytes(data)
+    raise RejectError("unreadable_file", f"{name}: not a NIfTI-1/2 file (.nii or .nii.gz)")
 
 
 def _spatial_shape(shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
@@ -133,9 +144,9 @@ def _spatial_shape(shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
     return spatial
 
 
-def _check_geometry(img: nib.Nifti1Image, shape: tuple[int, int, int], name: str) -> None:
-    """Reject headers whose voxel sizes or affine cannot place the volume in world space."""
-    zooms = _raw_pixdim(img)
+def _check_geometry(img: nib.Nifti1Image, zooms: np.ndarray, shape: tuple[int, int, int], name: str) -> None:
+    """Reject headers whose voxel sizes (``zooms``, as stored) or affine cannot place the volume in world
+    space."""
     if not _plausible_voxels(zooms):
         raise RejectError("degenerate_voxel_size", f"{name}: voxel size {zooms.tolist()} mm")
     affine = np.asarray(img.affine, dtype=np.float64)
@@ -150,11 +161,10 @@ def _check_geometry(img: nib.Nifti1Image, shape: tuple[int, int, int], name: str
         raise RejectError("degenerate_voxel_size", f"{name}: field of view {extent.tolist()} mm")
 
 
-def _raw_pixdim(img: nib.Nifti1Image) -> np.ndarray:
+def _raw_pixdim(img: nib.Nifti1Image, data: bytes) -> np.ndarray:
     """Spatial pixdim as stored: nibabel's loader silently turns zero sizes into 1 mm and negatives into
     their absolute value, which would hide a corrupt header, so re-read the header without that fix."""
-    with img.file_map["image"].get_prepare_fileobj(mode="rb") as fileobj:  # single-file: header first
-        raw = type(img.header).from_fileobj(fileobj, check=False)
+    raw = type(img.header).from_fileobj(io.BytesIO(data), check=False)
     return np.asarray(raw["pixdim"][1:4], dtype=np.float64)
 
 
