@@ -34,7 +34,7 @@ def _tiny_pipeline(tmp_path: Path, *, num_workers: int = 1, epochs: int = 6) -> 
             "tokenizer": "builtin:tiny",
             "volume": {"spacing": [6.0, 6.0, 6.0], "shape": [16, 32, 32]},
             "splits": {"dev": 0.15, "test": 0.25},
-            "shard_size": 5,
+            "min_shards": 5,
         },
         "pretrain": {
             "data": {"augment": {"enabled": False}},

@@ -1,15 +1,20 @@
 """Ingest: a manifest of NIfTI studies and reports -> Parquet shards + rejects + index, with Ray Data.
 
-The driver reads the manifest, rejects rows that cannot be processed at all (missing ids, duplicate study
-ids), pseudonymises patients, splits by patient and plans shards of ``shard_size`` studies of one split.
-Ray Data then runs one task per planned shard on the cluster's CPUs: each loads and preprocesses its
-studies, writes its shard atomically and returns its row count, checksum and rejects. Every input row ends
-in exactly one of the shards or the rejects table; the index counts both.
+The driver reads the manifest (rejecting rows that cannot be processed at all: missing ids, duplicate study
+ids), splits by patient, pseudonymises patients and plans shards (``plan.py``). Ray Data then runs one task
+per shard on the cluster's CPUs; each preprocesses its studies, writes the shard atomically and then a
+small progress record with the shard's rows, checksum and rejects. A re-run with the same inputs recomputes
+the same plan and skips shards whose record exists, so an interrupted ingest resumes where it stopped. At
+the end the driver checks that every input study is in exactly one shard or in the rejects, and that no
+patient spans two splits, before it writes ``index.json``: the index is the mark of a complete ingest.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,17 +22,28 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from brainvlp.data import manifest as manifest_io
 from brainvlp.data.errors import RejectError
 from brainvlp.data.nifti import VolumeConfig, load_study
+from brainvlp.data.plan import plan_digest, plan_shards, shard_capacity
 from brainvlp.data.reports import ReportConfig, prepare_report
-from brainvlp.data.shards import REJECT_SCHEMA, SCHEMA, sha256_file, write_index, write_table_atomic
-from brainvlp.data.splits import SplitConfig, assign_splits, pseudonymise
+from brainvlp.data.shards import (
+    REJECT_SCHEMA,
+    SCHEMA,
+    read_index,
+    sha256_file,
+    write_index,
+    write_table_atomic,
+)
+from brainvlp.data.splits import SplitConfig, assign_splits, check_no_leakage, pseudonymise
 from brainvlp.data.tokenizers import load_tokenizer
-from brainvlp.spec import SpecError
+from brainvlp.spec import SpecError, to_plain
 
 log = logging.getLogger(__name__)
+
+PROGRESS_DIR = "_progress"  # one JSON record per finished shard, plus the plan digest
 
 
 @dataclass
@@ -35,7 +51,9 @@ class IngestSpec:
     kind: Literal["ingest"] = "ingest"
     run_name: str | None = None
     output_root: str = "runs"
-    manifest: str | None = None  # CSV or Parquet; in a pipeline, the phantom step's manifest by default
+    # CSV, TSV, JSONL or Parquet; a local path or a filesystem URI (s3://, gs://, file://). In a pipeline,
+    # the phantom step's manifest by default.
+    manifest: str | None = None
     sequences: tuple[str, ...] = ("t1c", "flair")  # manifest columns holding image paths, in channel order
     columns: manifest_io.ManifestColumns = field(default_factory=manifest_io.ManifestColumns)
     missing_sequence: Literal["zero", "reject"] = "zero"
@@ -43,15 +61,33 @@ class IngestSpec:
     report: ReportConfig = field(default_factory=ReportConfig)
     tokenizer: str = "builtin:minilm"  # must be the pretraining text encoder's tokenizer
     splits: SplitConfig = field(default_factory=SplitConfig)
-    shard_size: int = 64
-    # The pseudonymisation key is read from this environment variable, never from the spec itself.
+    shard_mb: float = 256.0  # bound on a shard's uncompressed rows
+    min_shards: int = 32  # small ingests still spread over this many tasks
+    workers: int | None = None  # concurrent shard tasks; None: every CPU of the cluster
+    # The pseudonymisation key comes from this environment variable or else from ``pseudonym_key_file``
+    # (a path or URI), never from the spec itself.
     pseudonym_key_env: str = "BRAINVLP_PSEUDONYM_KEY"
+    pseudonym_key_file: str | None = None
 
     def validate(self, path: str) -> None:
         if not self.sequences:
             raise SpecError(f"{path}.sequences", "at least one sequence column is required")
-        if self.shard_size < 1:
-            raise SpecError(f"{path}.shard_size", f"must be >= 1, found {self.shard_size}")
+        if not self.shard_mb > 0:
+            raise SpecError(f"{path}.shard_mb", f"must be > 0, found {self.shard_mb}")
+        if self.min_shards < 1:
+            raise SpecError(f"{path}.min_shards", f"must be >= 1, found {self.min_shards}")
+        if self.workers is not None and self.workers < 1:
+            raise SpecError(f"{path}.workers", f"must be >= 1 or null (every CPU), found {self.workers}")
+
+    def bytes_per_study(self) -> int:
+        voxels = int(np.prod(self.volume.shape))
+        mask = voxels if self.columns.mask else 0
+        return len(self.sequences) * voxels * 2 + mask + self.report.max_tokens * 8
+
+    def settings(self) -> dict[str, Any]:
+        """What determines shard contents beyond the studies themselves (part of the plan digest)."""
+        keys = ("sequences", "columns", "missing_sequence", "volume", "report", "tokenizer")
+        return {key: to_plain(getattr(self, key)) for key in keys}
 
 
 def _study_row(task: Mapping[str, Any], spec: IngestSpec, tokenizer: Any) -> dict[str, Any]:
@@ -77,71 +113,164 @@ def _study_row(task: Mapping[str, Any], spec: IngestSpec, tokenizer: Any) -> dic
 
 
 def write_shard(plan: dict[str, Any], spec: IngestSpec, out_dir: str) -> dict[str, Any]:
-    """Ray Data map function: preprocess one planned shard's studies and write the shard."""
+    """Ray Data map function: preprocess one planned shard's studies, write the shard, then its record."""
+    start = time.perf_counter()
     tokenizer = load_tokenizer(spec.tokenizer)
-    rows, rejects = [], []
+    rows, rejects, truncated = [], [], 0
     for task in plan["studies"]:
         try:
             rows.append(_study_row(task, spec, tokenizer))
+            truncated += rows[-1]["truncated"]
         except RejectError as err:
             rejects.append(manifest_io.reject_record(task, err))
-    result = {
-        "file": plan["file"],
-        "split": plan["split"],
-        "rows": len(rows),
-        "sha256": "",
-        "rejects": rejects,
-    }
+    record = {"file": plan["file"], "split": plan["split"], "rows": len(rows), "sha256": "", "bytes": 0}
     if rows:
         path = Path(out_dir) / plan["file"]
         write_table_atomic(rows, SCHEMA, path)
-        result["sha256"] = sha256_file(path)
-    return result
+        record.update(sha256=sha256_file(path), bytes=path.stat().st_size)
+    record.update(rejects=rejects, truncated=truncated, seconds=round(time.perf_counter() - start, 3))
+    # Written after the shard is in place: a record always describes a complete shard.
+    _write_json_atomic(Path(out_dir) / PROGRESS_DIR / f"{plan['file']}.json", record)
+    return {"file": plan["file"], "studies": len(plan["studies"]), "rejects": len(rejects)}
 
 
-def plan_shards(tasks: list[dict[str, Any]], shard_size: int) -> list[dict[str, Any]]:
-    """Group studies by split into shards of at most ``shard_size``, in manifest order."""
-    plans = []
-    for split in sorted({t["split"] for t in tasks}):
-        in_split = [t for t in tasks if t["split"] == split]
-        for number, start in enumerate(range(0, len(in_split), shard_size)):
-            chunk = in_split[start : start + shard_size]
-            plans.append({"file": f"{split}-{number:05d}.parquet", "split": split, "studies": chunk})
-    return plans
+def _write_json_atomic(path: Path, content: Mapping[str, Any]) -> None:
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    tmp.write_text(json.dumps(content, sort_keys=True))
+    os.replace(tmp, path)
 
 
 def run_ingest(spec: IngestSpec, run_dir: Path) -> dict[str, Any]:
-    """Run the ingest job into ``run_dir``; returns the index it wrote."""
-    import ray
-
+    """Run (or resume) the ingest job into ``run_dir``; returns the index it wrote."""
     if spec.manifest is None:
-        raise SpecError("manifest", "required: path of a CSV or Parquet manifest")
-    manifest_path = Path(spec.manifest)
-    studies, rejects = manifest_io.read_studies(manifest_path, spec.columns, spec.sequences)
-    num_input = len(studies) + len(rejects)
+        raise SpecError("manifest", "required: path or URI of a CSV, TSV, JSONL or Parquet manifest")
+    start = time.perf_counter()
+    studies, early_rejects = manifest_io.read_studies(spec.manifest, spec.columns, spec.sequences)
+    num_input = len(studies) + len(early_rejects)
     assign_splits(studies, spec.splits)
-    key = manifest_io.pseudonym_key(spec.pseudonym_key_env, run_dir)
+    key = manifest_io.pseudonym_key(spec.pseudonym_key_env, spec.pseudonym_key_file, run_dir)
     for study in studies:
         study["patient_pid"] = pseudonymise(study.pop("patient_id"), key)
     tokenizer = load_tokenizer(spec.tokenizer)  # fail here, not inside every task, if it cannot load
-    plans = plan_shards(studies, spec.shard_size)
-    log.info("ingest: %d studies in %d shards (%d rejected up front)", len(studies), len(plans), len(rejects))
-    results = (
-        ray.data.from_items(plans, override_num_blocks=max(1, len(plans)))
-        .map(write_shard, fn_kwargs={"spec": spec, "out_dir": str(run_dir)}, num_cpus=1)
-        .take_all()
+    plans = plan_shards(
+        studies,
+        capacity=shard_capacity(spec.bytes_per_study(), spec.shard_mb),
+        min_shards=spec.min_shards,
+        seed=spec.splits.seed,
     )
-    for result in results:
-        rejects.extend(result.pop("rejects"))
-    shards = sorted((r for r in results if r["rows"]), key=lambda r: r["file"])
+    digest = plan_digest(plans, spec.settings())
+    done = _prepare_run_dir(run_dir, digest, plans)
+    if done is None:
+        print(f"ingest: {run_dir} already holds this ingest, complete; nothing to do")
+        return read_index(run_dir)
+    todo = [plan for plan in plans if plan["file"] not in done]
+    if done:
+        print(f"ingest: resuming, {len(done)} of {len(plans)} shards already done")
+    processed = sum(len(p["studies"]) for p in todo)
+    _run_tasks(todo, spec, run_dir, num_studies=processed)
+    records = [_read_record(run_dir, plan["file"]) for plan in plans]
+    rejects = early_rejects + [r for record in records for r in record.pop("rejects")]
     write_table_atomic(
         sorted(rejects, key=lambda r: r["manifest_row"]), REJECT_SCHEMA, run_dir / "rejects.parquet"
     )
+    shards = [r for r in records if r["rows"]]
+    _verify(run_dir, shards, num_input, len(rejects))
     index = _index(spec, num_input, shards, rejects, len(tokenizer), tokenizer.pad_token_id or 0)
-    write_index(run_dir, {"manifest": str(manifest_path), **index})
-    total = sum(s["rows"] for s in shards)
-    print(f"ingest: {num_input} studies in, {total} in {len(shards)} shards, {len(rejects)} rejected")
+    write_index(run_dir, {"manifest": spec.manifest, "plan_sha256": digest, **index})
+    _print_summary(index, records, processed, seconds=time.perf_counter() - start)
     return index
+
+
+def _prepare_run_dir(run_dir: Path, digest: str, plans: list[dict[str, Any]]) -> set[str] | None:
+    """Shards already done in ``run_dir`` (None: the whole ingest is); an error if it holds another plan."""
+    progress = run_dir / PROGRESS_DIR
+    progress.mkdir(parents=True, exist_ok=True)
+    digest_file = progress / "plan.sha256"
+    if digest_file.exists() and digest_file.read_text() != digest:
+        raise RuntimeError(
+            f"{run_dir} holds an ingest of another manifest or spec (the plan differs): write to another "
+            "run_name or output_root, or delete that directory to start over"
+        )
+    digest_file.write_text(digest)
+    for stale in [*run_dir.glob(".tmp-*"), *progress.glob(".tmp-*")]:  # left by an interrupted run
+        stale.unlink()
+    if (run_dir / "index.json").exists():
+        return None
+    done = set()
+    for plan in plans:
+        record_file = progress / f"{plan['file']}.json"
+        if record_file.exists():
+            record = json.loads(record_file.read_text())
+            shard = run_dir / plan["file"]
+            if record["rows"] == 0 or (shard.exists() and shard.stat().st_size == record["bytes"]):
+                done.add(plan["file"])
+    return done
+
+
+def _run_tasks(todo: list[dict[str, Any]], spec: IngestSpec, run_dir: Path, num_studies: int) -> None:
+    """Process the shards still to do on the cluster, printing progress as they finish."""
+    if not todo:
+        return
+    import ray
+
+    log.info("ingest: %d studies in %d shards to write", num_studies, len(todo))
+    dataset = ray.data.from_items(todo, override_num_blocks=len(todo)).map(
+        write_shard,
+        fn_kwargs={"spec": spec, "out_dir": str(run_dir)},
+        num_cpus=1,
+        concurrency=spec.workers,
+    )
+    start = last = time.perf_counter()
+    shards = studies = rejected = 0
+    for result in dataset.iter_rows():
+        shards, studies, rejected = shards + 1, studies + result["studies"], rejected + result["rejects"]
+        now = time.perf_counter()
+        if now - last >= 10 or shards == len(todo):
+            last = now
+            print(
+                f"ingest: {shards}/{len(todo)} shards, {studies}/{num_studies} studies "
+                f"({studies / (now - start):.2f} studies/s), {rejected} rejected",
+                flush=True,
+            )
+
+
+def _read_record(run_dir: Path, file: str) -> dict[str, Any]:
+    return json.loads((run_dir / PROGRESS_DIR / f"{file}.json").read_text())
+
+
+def _verify(run_dir: Path, shards: list[dict[str, Any]], num_input: int, num_rejects: int) -> None:
+    """Re-read ids and splits from the shards themselves: no study lost or duplicated, no patient leaked."""
+    tables = [
+        pq.read_table(run_dir / s["file"], columns=["study_id", "patient_pid", "split"]) for s in shards
+    ]
+    study_ids = [sid for table in tables for sid in table["study_id"].to_pylist()]
+    if len(study_ids) + num_rejects != num_input or len(set(study_ids)) != len(study_ids):
+        raise RuntimeError(
+            f"ingest lost or duplicated studies: {num_input} in, {len(study_ids)} rows in shards "
+            f"({len(set(study_ids))} distinct) + {num_rejects} rejected"
+        )
+    check_no_leakage(
+        pair
+        for table in tables
+        for pair in zip(table["patient_pid"].to_pylist(), table["split"].to_pylist(), strict=True)
+    )
+
+
+def _print_summary(
+    index: dict[str, Any], records: list[dict[str, Any]], processed: int, seconds: float
+) -> None:
+    """Totals of the whole ingest; the rate covers the studies processed by this run."""
+    splits = ", ".join(f"{name} {count}" for name, count in index["splits"].items())
+    reasons = ", ".join(f"{reason} {n}" for reason, n in index["rejects"]["by_reason"].items()) or "none"
+    print(
+        f"ingest: {index['input_studies']} studies in -> {sum(index['splits'].values())} in "
+        f"{len(index['shards'])} shards ({splits}) + {index['rejects']['count']} rejected ({reasons})"
+    )
+    print(
+        f"ingest: {index['truncated_reports']} reports truncated; "
+        f"{sum(r['bytes'] for r in records) / 1e6:.1f} MB written; "
+        f"{processed} studies processed in {seconds:.1f} s ({processed / max(seconds, 1e-9):.2f} studies/s)"
+    )
 
 
 def _index(
@@ -150,10 +279,6 @@ def _index(
     splits: Counter[str] = Counter()
     for shard in shards:
         splits[shard["split"]] += shard["rows"]
-    if num_input != sum(splits.values()) + len(rejects):  # the no-silent-loss invariant
-        raise RuntimeError(
-            f"ingest lost studies: {num_input} in, {sum(splits.values())} + {len(rejects)} out"
-        )
     return {
         "input_studies": num_input,
         "sequences": list(spec.sequences),
@@ -164,7 +289,8 @@ def _index(
         "vocab_size": vocab_size,
         "pad_token_id": pad_id,
         "splits": dict(sorted(splits.items())),
-        "shards": shards,
+        "shards": [{key: s[key] for key in ("file", "split", "rows", "sha256", "bytes")} for s in shards],
+        "truncated_reports": sum(s["truncated"] for s in shards),
         "rejects": {
             "count": len(rejects),
             "by_reason": dict(sorted(Counter(r["reason"] for r in rejects).items())),
