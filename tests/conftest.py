@@ -68,3 +68,13 @@ def _tiny_pipeline(tmp_path: Path, *, num_workers: int = 1, epochs: int = 6) -> 
 @pytest.fixture(scope="session")
 def tiny_pipeline() -> Callable[..., dict]:
     return _tiny_pipeline
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """An embedded 2-CPU Ray for the tests of one module, shut down after them."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from brainvlp.data.manifest import ManifestColumns, read_studies
+from brainvlp.data.manifest import ManifestColumns, pseudonym_key, read_studies
 
 ROWS = [
     {"patient_id": "MRN1", "study_id": "A1", "t1c": "img/a1.nii.gz", "report": "FINDINGS: ok.", "mask": ""},
@@ -27,22 +28,26 @@ ROWS = [
 COLUMNS = ManifestColumns(findings=None)
 
 
-def write_csv(path: Path, rows: list[dict]) -> Path:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+def write_manifest(path: Path, rows: list[dict]) -> Path:
+    if path.suffix in (".csv", ".tsv"):
+        with open(path, "w", newline="") as handle:
+            writer = csv.DictWriter(
+                handle, fieldnames=list(rows[0]), delimiter="," if path.suffix == ".csv" else "\t"
+            )
+            writer.writeheader()
+            writer.writerows(rows)
+    elif path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), path)
     return path
 
 
-@pytest.mark.parametrize("fmt", ["csv", "parquet"])
-def test_rejects_up_front_and_resolves_paths(tmp_path: Path, fmt: str) -> None:
-    path = tmp_path / f"manifest.{fmt}"
-    if fmt == "csv":
-        write_csv(path, ROWS)
-    else:
-        pq.write_table(pa.Table.from_pylist(ROWS), path)
-    studies, rejects = read_studies(path, COLUMNS, ("t1c",))
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet"])
+@pytest.mark.parametrize("as_uri", [False, True])
+def test_rejects_up_front_and_resolves_paths(tmp_path: Path, fmt: str, as_uri: bool) -> None:
+    path = write_manifest(tmp_path / f"manifest.{fmt}", ROWS)
+    studies, rejects = read_studies(path.as_uri() if as_uri else path, COLUMNS, ("t1c",))
     assert [s["study_id"] for s in studies] == ["A1", "A5"]
     assert [(r["manifest_row"], r["reason"]) for r in rejects] == [
         (1, "missing_patient_id"),
@@ -50,7 +55,9 @@ def test_rejects_up_front_and_resolves_paths(tmp_path: Path, fmt: str) -> None:
         (3, "missing_study_id"),
     ]
     assert "manifest row 0" in rejects[1]["detail"]
-    assert studies[0]["images"]["t1c"] == str(tmp_path / "img" / "a1.nii.gz")
+    base = tmp_path.as_uri() if as_uri else str(tmp_path)
+    assert studies[0]["images"]["t1c"] == f"{base}/img/a1.nii.gz"
+    assert studies[1]["images"]["t1c"] == f"{base}/x.nii"
     assert studies[0]["mask"] is None
     assert studies[1]["patient_id"] == "007"  # ids stay text: leading zeros survive
     assert studies[1]["report"] == "Line one.\nLine, two."  # multi-line quoted text survives
@@ -58,7 +65,7 @@ def test_rejects_up_front_and_resolves_paths(tmp_path: Path, fmt: str) -> None:
 
 
 def test_missing_column_names_the_file_and_the_columns(tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "m.csv", [{k: v for k, v in ROWS[0].items() if k != "report"}])
+    path = write_manifest(tmp_path / "m.csv", [{k: v for k, v in ROWS[0].items() if k != "report"}])
     with pytest.raises(ValueError, match=r"m\.csv: missing column\(s\) \['report', 'flair'\]"):
         read_studies(path, COLUMNS, ("t1c", "flair"))
 
@@ -69,3 +76,40 @@ def test_unsupported_or_absent_manifest(tmp_path: Path) -> None:
     (tmp_path / "m.xlsx").write_text("")
     with pytest.raises(ValueError, match=r"unsupported format '\.xlsx'"):
         read_studies(tmp_path / "m.xlsx", COLUMNS, ("t1c",))
+
+
+def test_typed_cells_become_text(tmp_path: Path) -> None:
+    """Parquet and JSONL may type ids as numbers and findings as objects; tasks always carry text."""
+    rows = [
+        {"patient_id": 7, "study_id": 1001, "t1c": "a.nii", "report": "ok.", "findings": {"side": "left"}}
+    ]
+    (study,), rejects = read_studies(
+        write_manifest(tmp_path / "m.jsonl", rows), ManifestColumns(mask=None), ("t1c",)
+    )
+    assert not rejects
+    assert (study["patient_id"], study["study_id"]) == ("7", "1001")
+    assert json.loads(study["findings"]) == {"side": "left"}
+
+
+def test_bad_jsonl_names_the_line_not_its_content(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"patient_id": "MRN1", "study_id": "A"}\n{"patient_id": "MRN2", oops}\n')
+    with pytest.raises(ValueError, match=r"m\.jsonl, line 2: invalid JSON") as err:
+        read_studies(path, COLUMNS, ("t1c",))
+    assert "MRN" not in str(err.value)
+
+
+def test_pseudonym_key_from_env_then_file_then_generated(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("TEST_KEY", raising=False)
+    key_file = tmp_path / "site.key"
+    key_file.write_text("0123456789abcdef0123\n")
+    assert pseudonym_key("TEST_KEY", str(key_file), tmp_path) == b"0123456789abcdef0123"
+    monkeypatch.setenv("TEST_KEY", "from-the-environment")
+    assert pseudonym_key("TEST_KEY", str(key_file), tmp_path) == b"from-the-environment"
+    monkeypatch.delenv("TEST_KEY")
+    generated = pseudonym_key("TEST_KEY", None, tmp_path)
+    assert generated == pseudonym_key("TEST_KEY", None, tmp_path) and len(generated) == 64
+    assert (tmp_path / "pseudonym.key").stat().st_mode & 0o077 == 0
+    key_file.write_text("short")
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        pseudonym_key("TEST_KEY", str(key_file), tmp_path)

@@ -1,13 +1,15 @@
-"""Shard schema round trip, index errors, patient-wise splits and pseudonyms."""
+"""Shard schema round trip, index errors, patient-wise splits and folds, pseudonyms, shard planning."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from brainvlp.data.plan import MIB, plan_shards, shard_capacity
 from brainvlp.data.shards import (
     SCHEMA,
     decode_volumes,
@@ -17,7 +19,7 @@ from brainvlp.data.shards import (
     write_index,
     write_table_atomic,
 )
-from brainvlp.data.splits import SplitConfig, assign_splits, pseudonymise
+from brainvlp.data.splits import SplitConfig, assign_splits, check_no_leakage, pseudonymise
 
 
 def shard_row(study: str, volume: np.ndarray) -> dict:
@@ -83,3 +85,56 @@ def test_pseudonyms_are_keyed_and_stable() -> None:
     assert pseudonymise("MRN001", b"k1") == pseudonymise("MRN001", b"k1")
     assert pseudonymise("MRN001", b"k1") != pseudonymise("MRN001", b"k2")
     assert "MRN001" not in pseudonymise("MRN001", b"k1")
+
+
+def test_folds_are_stratified_on_a_finding_by_patient() -> None:
+    # 60 patients, 2 studies each; a third of them enhance. Folds must keep that rate in every fold.
+    studies = [
+        {"patient_id": f"p{i}", "findings": json.dumps({"enhancing_lesion": i % 3 == 0})}
+        for i in range(60)
+        for _ in range(2)
+    ]
+    assign_splits(studies, SplitConfig(dev=0.0, test=0.0, num_folds=5, stratify="enhancing_lesion", seed=1))
+    fold_of = {s["patient_id"]: s["fold"] for s in studies}
+    assert all(s["fold"] == fold_of[s["patient_id"]] for s in studies)  # a patient stays in one fold
+    for fold in range(5):
+        members = [p for p, f in fold_of.items() if f == fold]
+        assert len(members) == 12 and sum(int(p[1:]) % 3 == 0 for p in members) == 4
+
+
+def test_leakage_check_names_pseudonyms_only() -> None:
+    check_no_leakage([("a", "train"), ("a", "train"), ("b", "test")])
+    with pytest.raises(RuntimeError, match=r"1 patient\(s\) span two splits, e.g. pseudonyms \['a'\]"):
+        check_no_leakage([("a", "train"), ("b", "test"), ("a", "dev")])
+
+
+def _planned(num_patients: int, studies_each: int) -> list[dict]:
+    return [
+        {"study_id": f"s{p}-{k}", "patient_pid": f"pid{p:03d}", "split": "train" if p % 4 else "test",
+         "manifest_row": p * studies_each + k}
+        for p in range(num_patients)
+        for k in range(studies_each)
+    ]  # fmt: skip
+
+
+def test_plan_bounds_shard_size_and_keeps_patients_together() -> None:
+    studies = _planned(num_patients=40, studies_each=3)  # 90 train, 30 test
+    assert shard_capacity(bytes_per_study=10 * MIB, shard_mb=256) == 25
+    plans = plan_shards(studies, capacity=25, min_shards=1, seed=0)
+    sizes = {p["file"]: len(p["studies"]) for p in plans}
+    assert list(sizes) == [f"test-0000{i}.parquet" for i in range(2)] + [
+        f"train-0000{i}.parquet" for i in range(4)
+    ]
+    assert [sizes[f"test-0000{i}.parquet"] for i in range(2)] == [15, 15]
+    assert sorted(sizes[f"train-0000{i}.parquet"] for i in range(4)) == [22, 22, 23, 23]
+    assert all({s["split"] for s in p["studies"]} == {p["split"]} for p in plans)
+    order = [s["patient_pid"] for p in plans if p["split"] == "train" for s in p["studies"]]
+    runs = [pid for i, pid in enumerate(order) if i == 0 or order[i - 1] != pid]
+    assert len(runs) == len(set(runs)) == 30  # each patient's studies are adjacent...
+    assert runs != sorted(runs)  # ...and patients are shuffled
+    assert plan_shards(studies, capacity=25, min_shards=1, seed=0) == plans
+
+
+def test_plan_spreads_a_small_ingest_over_min_shards() -> None:
+    plans = plan_shards(_planned(num_patients=8, studies_each=1), capacity=1000, min_shards=8, seed=0)
+    assert [len(p["studies"]) for p in plans] == [1] * 8

@@ -178,7 +178,7 @@ def run_ingest(spec: IngestSpec, run_dir: Path) -> dict[str, Any]:
     index = _index(spec, num_input, shards, rejects, len(tokenizer), tokenizer.pad_token_id or 0)
     write_index(run_dir, {"manifest": spec.manifest, "plan_sha256": digest, **index})
     _print_summary(index, records, processed, seconds=time.perf_counter() - start)
-    return index
+    return read_index(run_dir)
 
 
 def _prepare_run_dir(run_dir: Path, digest: str, plans: list[dict[str, Any]]) -> set[str] | None:
@@ -188,8 +188,8 @@ def _prepare_run_dir(run_dir: Path, digest: str, plans: list[dict[str, Any]]) ->
     digest_file = progress / "plan.sha256"
     if digest_file.exists() and digest_file.read_text() != digest:
         raise RuntimeError(
-            f"{run_dir} holds an ingest of another manifest or spec (the plan differs): write to another "
-            "run_name or output_root, or delete that directory to start over"
+            f"{run_dir} holds an ingest of another manifest, spec or pseudonymisation key (the plan "
+            "differs): write to another run_name or output_root, or delete that directory to start over"
         )
     digest_file.write_text(digest)
     for stale in [*run_dir.glob(".tmp-*"), *progress.glob(".tmp-*")]:  # left by an interrupted run
@@ -218,7 +218,7 @@ def _run_tasks(todo: list[dict[str, Any]], spec: IngestSpec, run_dir: Path, num_
         write_shard,
         fn_kwargs={"spec": spec, "out_dir": str(run_dir)},
         num_cpus=1,
-        concurrency=spec.workers,
+        compute=ray.data.TaskPoolStrategy(size=spec.workers),
     )
     start = last = time.perf_counter()
     shards = studies = rejected = 0

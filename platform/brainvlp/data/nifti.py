@@ -49,6 +49,13 @@ MAX_VOXEL_MM = 20.0
 MAX_EXTENT_MM = 500.0
 # SeLIP truncates at the 99.9th percentile of the whole image.
 SELIP_PERCENTILE = 99.9
+# Percentiles are bracketed from a strided sample of about this many voxels, at this many percentile points
+# below the target: the sample quantile's standard error there is ~0.04 points, so the bracket holds.
+PERCENTILE_SAMPLE = 100_000
+PERCENTILE_MARGIN = 0.5
+# Sample displacement (voxels, over the whole grid) below which a grid counts as aligned with the data's
+# voxel lattice: float32 header round-off, far below anything interpolation could show.
+ALIGNED_TOLERANCE = 1e-4
 # Failures pyarrow/gzip/nibabel/numpy raise on bytes that are not a readable NIfTI volume.
 _READ_ERRORS = (OSError, EOFError, ValueError, TypeError, zlib.error, ImageFileError, HeaderDataError)
 
@@ -197,33 +204,75 @@ def _output_grid(reference: nib.spatialimages.SpatialImage | Grid, config: Volum
 
 
 def _resample(data: np.ndarray, affine: np.ndarray, grid: Grid, order: int) -> np.ndarray:
-    """Sample ``data`` (indexed by ``affine``) on ``grid`` through the full affine, oblique or not."""
+    """Sample ``data`` (indexed by ``affine``) on ``grid`` through the full affine, oblique or not.
+
+    Returns a new C-ordered array (callers normalise it in place). Scanner data is usually axis-aligned,
+    and then the same samples come much cheaper: a flip/transpose view reads every output axis along one
+    input axis, a pure copy when the voxel lattices coincide, scipy's separable diagonal path otherwise.
+    """
     grid_shape, grid_affine = grid
     grid_to_voxel = np.linalg.solve(affine, grid_affine)
-    # (D, H, W) output walks x fastest, which matches nibabel's Fortran-ordered arrays: ~5x faster
-    # than writing (x, y, z) and transposing afterwards.
-    return ndimage.affine_transform(
-        data, grid_to_voxel[:3, :3], grid_to_voxel[:3, 3], grid_shape, order=order, mode="constant"
-    )
+    matrix, offset = grid_to_voxel[:3, :3], grid_to_voxel[:3, 3]
+    aligned = _aligned_view(data, matrix, offset, grid_shape)
+    if aligned is None:
+        # (D, H, W) output walks x fastest, which matches nibabel's Fortran-ordered arrays: ~5x faster
+        # than writing (x, y, z) and transposing afterwards.
+        return ndimage.affine_transform(data, matrix, offset, grid_shape, order=order, mode="constant")
+    view, scale, offset = aligned
+    start = np.rint(offset)
+    drift = np.abs(scale - 1) * (np.asarray(grid_shape) - 1) + np.abs(offset - start)
+    if drift.max() <= ALIGNED_TOLERANCE and start.min() >= 0 and (start + grid_shape <= view.shape).all():
+        # Same voxel size on the same lattice: every sample is a voxel, so a copy is the exact result
+        # (a 1 mm scan at 1 mm spacing: ~100x faster than interpolating).
+        window = tuple(slice(int(s), int(s) + n) for s, n in zip(start, grid_shape, strict=True))
+        return view[window].copy(order="C")
+    # Own-grid edge samples sit exactly on the data's outer voxel centres, where float noise decides
+    # whether "constant" (a hard cutoff) drops a whole plane; inside the data "nearest" has no such cliff
+    # and otherwise gives the same values.
+    last = offset + scale * (np.asarray(grid_shape) - 1)
+    inside = offset.min() >= -ALIGNED_TOLERANCE and (last - view.shape).max() <= ALIGNED_TOLERANCE - 1
+    mode = "nearest" if inside else "constant"
+    # A diagonal matrix selects scipy's separable zoom/shift path: ~5x faster than a full matrix.
+    return ndimage.affine_transform(view, scale, offset, grid_shape, order=order, mode=mode)
+
+
+def _aligned_view(
+    data: np.ndarray, matrix: np.ndarray, offset: np.ndarray, grid_shape: tuple[int, int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``data`` transposed and flipped (a view) so that grid axis j samples view axis j at positions
+    ``scale[j] * i + offset[j]`` with ``scale > 0``; None when the grid is not axis-aligned with ``data``."""
+    axes = np.abs(matrix).argmax(axis=0)  # the data axis that each grid axis moves along
+    if len(set(axes.tolist())) != 3:
+        return None
+    columns = np.arange(3)
+    off_axis = np.abs(matrix)
+    off_axis[axes, columns] = 0
+    # How far (in voxels) the cross terms move any sample over the whole grid: header round-off only.
+    if (off_axis @ (np.asarray(grid_shape) - 1)).max() > ALIGNED_TOLERANCE:
+        return None
+    scale, offset = matrix[axes, columns], offset[axes]
+    view = data.transpose(axes)
+    flip = scale < 0
+    view = view[tuple(slice(None, None, -1) if f else slice(None) for f in flip)]
+    # Position p on a flipped axis of length n is position n - 1 - p on the view.
+    offset = np.where(flip, np.asarray(view.shape) - 1 - offset, offset)
+    return view, np.abs(scale), offset
 
 
 def _normalise_intensity(volume: np.ndarray, config: VolumeConfig) -> np.ndarray:
     """Map intensities linearly to 0..scale_max (float32, in place) using the configured variant."""
-    foreground = volume != 0
     if config.intensity == "znorm":
         # Z-scoring the non-zero voxels and then mapping them min-max onto 0..1 is the same affine map as
         # min-max on the raw non-zero voxels, so compute that directly; background stays 0.
+        foreground = volume != 0
         values = volume[foreground]
         lo, hi = (values.min(), values.max()) if values.size else (0.0, 0.0)
         if hi > lo:
             volume[foreground] = (values - lo) * np.float32(config.scale_max / (hi - lo))
     else:
         # brat: percentile of the non-zero voxels; SeLIP: of the whole image.
-        sample = volume[foreground] if config.intensity == "brat" else volume.ravel()
-        percentile = config.percentile if config.intensity == "brat" else SELIP_PERCENTILE
-        # The brat sample is a fresh copy, so percentile may partition it in place.
-        overwrite = config.intensity == "brat"
-        hi = np.percentile(sample, percentile, overwrite_input=overwrite) if sample.size else 0.0
+        brat = config.intensity == "brat"
+        hi = _percentile(volume, config.percentile if brat else SELIP_PERCENTILE, nonzero=brat)
         lo = volume.min()  # 0 for MRI magnitudes, so the background stays 0
         if hi > lo:
             np.clip(volume, lo, hi, out=volume)
@@ -232,6 +281,36 @@ def _normalise_intensity(volume: np.ndarray, config: VolumeConfig) -> np.ndarray
     if not hi > lo:
         raise RejectError("empty_volume", "volume is constant after resampling")
     return volume
+
+
+def _percentile(volume: np.ndarray, q: float, *, nonzero: bool) -> float:
+    """``np.percentile(values, q)`` (linear method, same result) of the voxels, or of the non-zero ones;
+    0.0 when there are none.
+
+    Selecting from the whole volume is the costliest step of preprocessing a 1 mm scan, so a strided
+    sample first bounds the tail that holds the wanted order statistics, and only that tail (~1 % of the
+    voxels) is partitioned: ~5x faster, no full-size copy. A bound that misses falls back to all voxels.
+    """
+    flat = volume.reshape(-1)
+    count = int(np.count_nonzero(flat)) if nonzero else flat.size
+    if count == 0:
+        return 0.0
+    position = (count - 1) * (q / 100)
+    below = int(position)
+    ranks = np.array([below, min(below + 1, count - 1)])
+    sample = flat[:: max(flat.size // PERCENTILE_SAMPLE, 1)]
+    sample = sample[sample != 0] if nonzero else sample
+    bound = np.percentile(sample, max(q - PERCENTILE_MARGIN, 0)) if sample.size else -np.inf
+    tail = flat[(flat > bound) & (flat != 0)] if nonzero and bound < 0 else flat[flat > bound]
+    # The tail holds the ``tail.size`` largest values, i.e. ranks count - tail.size .. count - 1.
+    if count - tail.size > ranks[0]:
+        tail = flat[flat != 0] if nonzero else flat.copy()
+    ranks -= count - tail.size
+    tail.partition(ranks)
+    lower, upper = tail[ranks]
+    # numpy's own interpolation, term for term, so that the result equals np.percentile's.
+    weight = position - below
+    return upper - (upper - lower) * (1 - weight) if weight >= 0.5 else lower + (upper - lower) * weight
 
 
 def _fit(volume: np.ndarray, config: VolumeConfig, *, labels: bool) -> np.ndarray:
