@@ -184,18 +184,21 @@ def run_ingest(spec: IngestSpec, run_dir: Path) -> dict[str, Any]:
 def _prepare_run_dir(run_dir: Path, digest: str, plans: list[dict[str, Any]]) -> set[str] | None:
     """Shards already done in ``run_dir`` (None: the whole ingest is); an error if it holds another plan."""
     progress = run_dir / PROGRESS_DIR
-    progress.mkdir(parents=True, exist_ok=True)
     digest_file = progress / "plan.sha256"
-    if digest_file.exists() and digest_file.read_text() != digest:
+    found = [digest_file.read_text()] if digest_file.exists() else []
+    if (run_dir / "index.json").exists():
+        found.append(read_index(run_dir).get("plan_sha256"))
+    if any(previous != digest for previous in found):
         raise RuntimeError(
             f"{run_dir} holds an ingest of another manifest, spec or pseudonymisation key (the plan "
             "differs): write to another run_name or output_root, or delete that directory to start over"
         )
+    if (run_dir / "index.json").exists():
+        return None
+    progress.mkdir(parents=True, exist_ok=True)
     digest_file.write_text(digest)
     for stale in [*run_dir.glob(".tmp-*"), *progress.glob(".tmp-*")]:  # left by an interrupted run
         stale.unlink()
-    if (run_dir / "index.json").exists():
-        return None
     done = set()
     for plan in plans:
         record_file = progress / f"{plan['file']}.json"

@@ -53,8 +53,3 @@ def read_bytes(path: str, *, gunzip: bool = True) -> bytes:
     if gunzip and data[:2] == _GZIP_MAGIC:
         return gzip.decompress(data)
     return data
-
-
-def exists(path: str) -> bool:
-    fs, inner = filesystem(path)
-    return fs.get_file_info(inner).type != pafs.FileType.NotFound
