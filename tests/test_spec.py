@@ -28,6 +28,11 @@ def error_of(path: Path, overrides: tuple[str, ...] = ()) -> str:
     return str(info.value)
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates(path: Path) -> None:
+    assert load_spec(path).kind in ("pipeline", "ingest", "pretrain", "evaluate", "phantom")
+
+
 def test_quickstart_validates_and_links_steps() -> None:
     spec = load_spec(QUICKSTART)
     assert spec.steps == ("phantom", "ingest", "pretrain", "evaluate")
