@@ -49,7 +49,8 @@ SEED = 20240611
 # Targets from the issue.
 TARGET_SPEEDUP = 1.5
 TARGET_SCALING = 1.7
-# Outputs must agree within this many int16 units (of 0..800).
+# Outputs must agree within this many int16 units (of 0..800). Both compute the same float32 values up to a
+# few ulps (different operation order), so only a rint at a .5 boundary differs, by 1.
 MAX_ABS_DIFF = 2
 
 
@@ -104,7 +105,8 @@ def generate_studies(data_dir: Path, num_studies: int) -> Path:
                 from nilearn.datasets import load_mni152_template  # slow import, only when generating
 
                 template = load_mni152_template(resolution=1).get_fdata(dtype=np.float32)
-            partial = path.with_name(f"partial-{path.name}")  # a killed run must not leave a truncated study behind
+            # Write aside and rename: a killed run must not leave a truncated study to be reused.
+            partial = path.with_name(f"partial-{path.name}")
             nib.save(_synthetic_study(template, index), str(partial))
             partial.rename(path)
         rows.append(
@@ -144,7 +146,8 @@ def monai_preprocess() -> Callable[[str], np.ndarray]:
         [
             LoadImage(image_only=True),
             EnsureChannelFirst(),
-            Orientation(axcodes="RAS"),
+            # Explicit RAS labels: MONAI's own default, named to avoid its deprecation warning.
+            Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
             Spacing(pixdim=CONFIG.spacing[::-1], mode="bilinear"),
             ScaleIntensityRangePercentiles(
                 lower=0, upper=CONFIG.percentile, b_min=0, b_max=CONFIG.scale_max, clip=True
@@ -161,6 +164,8 @@ def monai_preprocess() -> Callable[[str], np.ndarray]:
 
 @dataclass
 class Comparison:
+    """Summed seconds per pipeline and the absolute differences of their int16 outputs."""
+
     seconds_brainvlp: float = 0.0
     seconds_monai: float = 0.0
     max_abs_diff: int = 0
@@ -172,6 +177,7 @@ class Comparison:
 def compare(paths: list[str]) -> Comparison:
     """Time (a) and (b) on every study, interleaved, and compare their outputs."""
     monai_run = monai_preprocess()
+    # MONAI's (x, y, z) seen as (z, y, x): a view, so the timing includes no copy.
     pipelines = [brainvlp_preprocess, lambda path: monai_run(path).transpose(2, 1, 0)]
     for run in pipelines:  # warm-up: imports, allocator, first-call dispatch
         run(paths[0])
@@ -193,14 +199,58 @@ def compare(paths: list[str]) -> Comparison:
     return result
 
 
-# ---------------------------------------------------------------------------------------------------------
-# (c) HOOK: brainvlp ingest end to end. To be filled in by calling brainvlp's ingest job with a ``workers``
-# option. The manifest has columns patient_id, study_id, t1c, report (paths relative to its folder), so the
-# ingest spec needs ``sequences=("t1c",)`` and ``volume=CONFIG``.
-# ---------------------------------------------------------------------------------------------------------
-def bench_ingest(study_dir: Path, manifest_path: Path, workers: int) -> float:
-    """Studies/s of brainvlp ingest over ``manifest_path`` (studies under ``study_dir``) with ``workers``."""
-    raise NotImplementedError("(c) ingest benchmark: hook not filled in yet")
+def bench_ingest(manifest_path: Path, workers: int, out_root: Path) -> float:
+    """(c) Studies/s of a whole ingest job (manifest -> shards, rejects, index) with ``workers`` tasks.
+
+    Timed from the call to the index: reading the manifest, planning, preprocessing, writing and the
+    final leakage check. Each run writes into a fresh directory so that nothing is resumed.
+    """
+    from brainvlp.data.ingest import IngestSpec, run_ingest
+    from brainvlp.spec import parse
+
+    spec = parse(
+        IngestSpec,
+        {"manifest": str(manifest_path), "sequences": ["t1c"], "tokenizer": "builtin:tiny",
+         "volume": {"spacing": list(CONFIG.spacing), "shape": list(CONFIG.shape)}, "workers": workers},
+        "ingest",
+    )  # fmt: skip
+    run_dir = out_root / f"workers-{workers}"
+    start = time.perf_counter()
+    index = run_ingest(spec, run_dir)
+    seconds = time.perf_counter() - start
+    return index["input_studies"] / seconds
+
+
+def _ingest_scaling(data_dir: Path, manifest: Path) -> float:
+    """(c): studies/s with 1 and 2 workers on an embedded 2-CPU Ray; prints them and an 80k projection."""
+    import os
+    import tempfile
+
+    import ray
+
+    os.environ.setdefault("BRAINVLP_PSEUDONYM_KEY", "benchmark-key-not-a-secret")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with tempfile.TemporaryDirectory(dir=data_dir) as out:
+            # Start and warm both worker processes on a few studies: not timed. The manifest sits beside
+            # the full one, since image paths are relative to it.
+            warm = data_dir / "manifest-warm-up.csv"
+            warm.write_text("\n".join(manifest.read_text().splitlines()[:5]) + "\n")
+            bench_ingest(warm, 2, Path(out) / "warm")
+            rates = {workers: bench_ingest(manifest, workers, Path(out)) for workers in (1, 2)}
+    finally:
+        ray.shutdown()
+    scaling = rates[2] / rates[1]
+    print(f"{'(c) ingest, 1 worker':34}{rates[1]:10.2f}{1 / rates[1]:10.3f}")
+    print(f"{'(c) ingest, 2 workers':34}{rates[2]:10.2f}{1 / rates[2]:10.3f}")
+    print(f"{'(c) 2 workers / 1 worker':34}{scaling:10.2f}x")
+    # Projection: one worker per CPU, at this machine's per-worker rate and this run's parallel efficiency.
+    cluster_rate = rates[1] * 64 * (scaling / 2)
+    print(
+        f"projection: 80,000 studies on 64 CPUs at {rates[1]:.2f} studies/s per worker and "
+        f"{scaling / 2:.0%} efficiency: {80_000 / cluster_rate / 60:.0f} min ({cluster_rate:.0f} studies/s)"
+    )
+    return scaling
 
 
 def _verdict(ok: bool | None) -> str:
@@ -209,7 +259,7 @@ def _verdict(ok: bool | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--studies", type=int, default=50)
+    parser.add_argument("--studies", type=int, default=50, help="the issue asks for at least 50")
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/brainvlp-bench-ingest"))
     parser.add_argument("--skip-ingest", action="store_true", help="measure (a) and (b) only")
     args = parser.parse_args()
@@ -221,46 +271,29 @@ def main() -> None:
     manifest = generate_studies(args.data_dir, args.studies)
     paths = [str(args.data_dir / "images" / f"s{i:03d}.nii.gz") for i in range(args.studies)]
     print(f"{args.studies} studies in {args.data_dir} ({time.perf_counter() - start:.0f} s to prepare)")
-    print(
-        f"output {CONFIG.shape} int16, torch threads {torch.get_num_threads()}, one process for (a) and (b)"
-    )
+    print(f"output {CONFIG.shape} int16; (a) and (b) in one process, torch threads {torch.get_num_threads()}")
 
     result = compare(paths)
     rate_a = args.studies / result.seconds_brainvlp
     rate_b = args.studies / result.seconds_monai
     speedup = rate_a / rate_b
-    mean_diff = result.sum_abs_diff / result.voxels
     print(f"{'':34}{'studies/s':>10}{'s/study':>10}")
     print(f"{'(a) brainvlp load_study':34}{rate_a:10.2f}{1 / rate_a:10.3f}")
     print(f"{'(b) MONAI chain':34}{rate_b:10.2f}{1 / rate_b:10.3f}")
     print(f"{'(a) / (b)':34}{speedup:10.2f}x")
     print(
         f"|a - b| over {args.studies} studies (int16, 0..{CONFIG.scale_max}): max {result.max_abs_diff}, "
-        f"mean {mean_diff:.2e}, {100 * result.voxels_differing / result.voxels:.4f} % of voxels differ"
+        f"mean {result.sum_abs_diff / result.voxels:.2e}, "
+        f"{100 * result.voxels_differing / result.voxels:.4f} % of voxels differ"
     )
-
-    scaling = None
-    if not args.skip_ingest:
-        try:
-            rates = {w: bench_ingest(args.data_dir, manifest, w) for w in (1, 2)}
-        except NotImplementedError as exc:
-            print(f"(c) skipped: {exc}")
-        else:
-            scaling = rates[2] / rates[1]
-            print(f"{'(c) ingest, 1 worker':34}{rates[1]:10.2f}")
-            print(f"{'(c) ingest, 2 workers':34}{rates[2]:10.2f}")
-            print(f"{'(c) 2 workers / 1 worker':34}{scaling:10.2f}x")
+    scaling = None if args.skip_ingest else _ingest_scaling(args.data_dir, manifest)
 
     print(f"{_verdict(speedup >= TARGET_SPEEDUP)} (a) >= {TARGET_SPEEDUP}x (b): {speedup:.2f}x")
-    print(
-        f"{_verdict(result.max_abs_diff <= MAX_ABS_DIFF)} outputs match: "
-        f"max abs diff {result.max_abs_diff} <= {MAX_ABS_DIFF}"
-    )
+    matched = result.max_abs_diff <= MAX_ABS_DIFF
+    print(f"{_verdict(matched)} outputs match: max abs diff {result.max_abs_diff} <= {MAX_ABS_DIFF}")
     shown = "n/a" if scaling is None else f"{scaling:.2f}x"
-    print(
-        f"{_verdict(None if scaling is None else scaling >= TARGET_SCALING)} (c) 2 workers >= "
-        f"{TARGET_SCALING}x 1 worker: {shown}"
-    )
+    passed = None if scaling is None else scaling >= TARGET_SCALING
+    print(f"{_verdict(passed)} (c) 2 workers >= {TARGET_SCALING}x 1 worker: {shown}")
 
 
 if __name__ == "__main__":
