@@ -7,9 +7,20 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from brainvlp.data.errors import RejectError
-from brainvlp.data.nifti import VolumeConfig, load_nifti, load_study, preprocess_image, preprocess_mask
+from brainvlp.data.nifti import (
+    VolumeConfig,
+    _aligned_view,
+    _output_grid,
+    _percentile,
+    _resample,
+    load_nifti,
+    load_study,
+    preprocess_image,
+    preprocess_mask,
+)
 from volumes import CUBE, PHANTOM_SHAPE, RAS_AFFINE, labels, phantom, reject_cases, reoriented, save
 
 SMALL = VolumeConfig(shape=(16, 20, 24))
@@ -221,3 +232,39 @@ def test_config_validation() -> None:
             VolumeConfig(**bad)
     with pytest.warns(UserWarning, match="no effect"):
         VolumeConfig(intensity="znorm", percentile=95.0)
+
+
+def _tails() -> list[np.ndarray]:
+    """Volumes above the percentile's sampling threshold, with the value patterns that trip selection."""
+    rng = np.random.default_rng(0)
+    shape = (64, 64, 40)
+    noise = rng.normal(100, 30, shape).astype(np.float32)
+    sparse = np.where(rng.random(shape) < 0.02, noise, 0).astype(np.float32)  # almost all background
+    ties = rng.integers(0, 4, shape).astype(np.float32)  # a handful of values, many equal
+    signed = rng.normal(0, 1, shape).astype(np.float32)  # negative values below the zeros
+    ramp = np.sort(noise.ravel()).reshape(shape)  # sorted data defeats a strided sample
+    return [noise, sparse, ties, signed, ramp]
+
+
+@pytest.mark.parametrize("nonzero", [True, False])
+def test_fast_percentile_equals_numpy(nonzero: bool) -> None:
+    for volume in _tails():
+        values = volume[volume != 0] if nonzero else volume.ravel()
+        for q in (0.0, 50.0, 99.0, 99.9, 100.0):
+            expected = np.percentile(values.astype(np.float64), q)
+            assert _percentile(volume.copy(), q, nonzero=nonzero) == pytest.approx(expected, rel=1e-6), q
+
+
+@pytest.mark.parametrize("codes", ["RAS", "LPS", "LIA", "PSR"])
+@pytest.mark.parametrize("voxel_mm", [1.0, 0.7, 2.5])
+def test_axis_aligned_shortcut_matches_full_resampling(codes: str, voxel_mm: float) -> None:
+    """The flip/transpose (+ separable) path gives what the general affine path gives, inside the volume."""
+    img = reoriented(nib.Nifti1Image(phantom(), RAS_AFFINE @ np.diag([voxel_mm] * 3 + [1])), codes)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    grid = _output_grid(img, VolumeConfig(spacing=(1.0, 1.0, 1.0)))
+    grid_to_voxel = np.linalg.solve(img.affine, grid[1])
+    full = ndimage.affine_transform(data, grid_to_voxel[:3, :3], grid_to_voxel[:3, 3], grid[0], order=1)
+    assert _aligned_view(data, grid_to_voxel[:3, :3], grid_to_voxel[:3, 3], grid[0]) is not None
+    fast = _resample(data, img.affine, grid, order=1)
+    inner = (slice(1, -1),) * 3  # the general path's hard edge may drop a boundary plane to float noise
+    np.testing.assert_allclose(fast[inner], full[inner], atol=1e-3)
