@@ -91,6 +91,14 @@ def test_typed_cells_become_text(tmp_path: Path) -> None:
     assert json.loads(study["findings"]) == {"side": "left"}
 
 
+def test_bad_csv_names_the_problem_not_the_row(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text('patient_id,study_id,report\nMRN1,A,"ok"\nMRN2,B\n')
+    with pytest.raises(ValueError, match=r"m\.csv: CSV parse error: Expected 3 columns, got 2") as err:
+        read_studies(path, COLUMNS, ())
+    assert "MRN" not in str(err.value)
+
+
 def test_bad_jsonl_names_the_line_not_its_content(tmp_path: Path) -> None:
     path = tmp_path / "m.jsonl"
     path.write_text('{"patient_id": "MRN1", "study_id": "A"}\n{"patient_id": "MRN2", oops}\n')

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
@@ -54,9 +55,19 @@ def _read_table(path: str) -> list[dict[str, Any]]:
         return pq.read_table(io.BytesIO(data)).to_pylist()
     if suffix == ".jsonl":
         return _read_jsonl(path, data)
+    try:
+        return _read_csv(data, delimiter="\t" if suffix == ".tsv" else ",")
+    except pa.ArrowInvalid as exc:
+        # pyarrow quotes the offending row, which may hold a patient id or report text: keep only the
+        # structural part of the message ("Expected 5 columns, got 3").
+        reason = str(exc).split(":", 2)[1].strip() if str(exc).count(":") >= 2 else "malformed CSV"
+        raise ValueError(f"manifest {path}: CSV parse error: {reason} (row content withheld)") from None
+
+
+def _read_csv(data: bytes, delimiter: str) -> list[dict[str, Any]]:
     # Every column as text: ids such as 00123 must keep their leading zeros.
     read = pa_csv.ReadOptions(autogenerate_column_names=False)
-    parse = pa_csv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",", newlines_in_values=True)
+    parse = pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
     header = pa_csv.read_csv(io.BytesIO(data), read_options=read, parse_options=parse).schema.names
     convert = pa_csv.ConvertOptions(strings_can_be_null=True, column_types=dict.fromkeys(header, "string"))
     return pa_csv.read_csv(
