@@ -138,3 +138,15 @@ def pad_token_ids(input_ids: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[
         ids[i, : len(row)] = row
         mask[i, : len(row)] = 1
     return ids, mask
+
+
+def pad_spans(sentence_spans: Sequence[Sequence[Sequence[int]]]) -> tuple[np.ndarray, np.ndarray]:
+    """Spans as int64 ``B x S_max x 2`` (padding (0, 0)) and a bool ``B x S_max`` mask of real sentences."""
+    max_sentences = max(1, max(len(spans) for spans in sentence_spans))
+    spans = np.zeros((len(sentence_spans), max_sentences, 2), dtype=np.int64)
+    mask = np.zeros((len(sentence_spans), max_sentences), dtype=bool)
+    for i, row in enumerate(sentence_spans):
+        if len(row):
+            spans[i, : len(row)] = np.asarray([list(span) for span in row], dtype=np.int64)
+            mask[i, : len(row)] = True
+    return spans, mask

