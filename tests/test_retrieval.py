@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from brainvlp.evaluate import retrieval
-from brainvlp.evaluate.retrieval import chance_levels, retrieval_metrics
+from brainvlp.evaluate.retrieval import chance_levels, retrieval_metrics, retrieval_metrics_from_scores
 
 LABELS = ("enhancing_lesion", "midline_shift", "side:left", "side:right", "prior_surgery")
 
@@ -82,6 +82,22 @@ def test_matches_reference(seed, chunk_entries, monkeypatch):
     ks = (1, 3, 5, 10, 40)
     expected = _reference(image_ND, text_ND, finding_sets, ks)
     _assert_metrics_close(retrieval_metrics(image_ND, text_ND, finding_sets=finding_sets, ks=ks), expected)
+
+
+@pytest.mark.parametrize("chunk_entries", [1 << 24, 7])
+def test_a_precomputed_score_matrix_gives_the_reference_metrics(chunk_entries, monkeypatch):
+    monkeypatch.setattr(retrieval, "_CHUNK_ENTRIES", chunk_entries)
+    image_ND, text_ND = _noisy_pairs(5, num=23, width=6, noise=1.0)
+    finding_sets = _random_findings(random.Random(5), 23)
+    ks = (1, 5, 10)
+    expected = _reference(image_ND, text_ND, finding_sets, ks)
+    # Scores need not be cosines: any monotone map of them ranks the same.
+    sim_NN = (
+        3 * torch.nn.functional.normalize(image_ND, dim=1) @ torch.nn.functional.normalize(text_ND, dim=1).T
+    )
+    _assert_metrics_close(retrieval_metrics_from_scores(sim_NN, finding_sets=finding_sets, ks=ks), expected)
+    with pytest.raises(ValueError, match="square"):
+        retrieval_metrics_from_scores(sim_NN[:5])
 
 
 def test_numpy_and_float32_inputs_agree_with_torch():

@@ -53,24 +53,48 @@ def retrieval_metrics(
     ``P@5(F)``, ``R@5(F)`` and ``num_finding_queries`` (NaN metrics when no study has a finding).
     """
     image_ND, text_ND = _unit_pair(image_emb_ND, text_emb_ND)
+    pairs = {"text_to_image": _Pairwise(text_ND, image_ND), "image_to_text": _Pairwise(image_ND, text_ND)}
+    return _summarise(pairs, finding_sets, ks)
+
+
+def retrieval_metrics_from_scores(
+    sim_image_text_NN: torch.Tensor | np.ndarray,
+    *,
+    finding_sets: Sequence[frozenset[str]] | None = None,
+    ks: Sequence[int] = (1, 5, 10),
+) -> dict[str, dict[str, float]]:
+    """The same metrics from a precomputed image-by-report score matrix (row i: image i against every
+    report), for models whose image-report score is not a dot product (brat's PVA, ColBERT, max over
+    Q-Former queries)."""
+    sim_NN = torch.as_tensor(sim_image_text_NN).detach().cpu()
+    if sim_NN.ndim != 2 or sim_NN.shape[0] != sim_NN.shape[1] or sim_NN.shape[0] == 0:
+        raise ValueError(
+            f"expected a non-empty square image x report matrix, got shape {tuple(sim_NN.shape)}"
+        )
+    if not torch.isfinite(sim_NN).all():
+        raise ValueError("the score matrix contains NaN or infinite values")
+    pairs = {"text_to_image": _Pairwise(matrix=sim_NN.T), "image_to_text": _Pairwise(matrix=sim_NN)}
+    return _summarise(pairs, finding_sets, ks)
+
+
+def _summarise(
+    pairs: dict[str, _Pairwise], finding_sets: Sequence[frozenset[str]] | None, ks: Sequence[int]
+) -> dict[str, dict[str, float]]:
     if any(int(k) != k or k < 1 for k in ks):
         raise ValueError(f"ks must be positive integers, got {ks}")
-    num_items = image_ND.shape[0]
+    num_items = pairs["image_to_text"].num_queries
     if finding_sets is not None and len(finding_sets) != num_items:
         raise ValueError(f"{len(finding_sets)} finding sets for {num_items} items")
-
     results = {}
-    for direction, (query_QD, cand_ND) in zip(
-        DIRECTIONS, ((text_ND, image_ND), (image_ND, text_ND)), strict=True
-    ):
-        rank_Q = _optimistic_ranks(query_QD, cand_ND)
+    for direction in DIRECTIONS:
+        rank_Q = _optimistic_ranks(pairs[direction])
         summary: dict[str, float] = {f"R@{k}": (rank_Q <= k).double().mean().item() for k in ks}
         summary["MdR"] = float(np.median(rank_Q.numpy()))
         summary["MnR"] = rank_Q.double().mean().item()
         summary["num_queries"] = num_items
         summary["num_candidates"] = num_items
         if finding_sets is not None:
-            summary.update(_finding_metrics(query_QD, cand_ND, finding_sets))
+            summary.update(_finding_metrics(pairs[direction], finding_sets))
         results[direction] = summary
     return results
 
@@ -84,8 +108,8 @@ def retrieval_ranks(
     """
     image_ND, text_ND = _unit_pair(image_emb_ND, text_emb_ND)
     return {
-        "text_to_image": _optimistic_ranks(text_ND, image_ND),
-        "image_to_text": _optimistic_ranks(image_ND, text_ND),
+        "text_to_image": _optimistic_ranks(_Pairwise(text_ND, image_ND)),
+        "image_to_text": _optimistic_ranks(_Pairwise(image_ND, text_ND)),
     }
 
 
@@ -121,7 +145,7 @@ def chance_levels(
         return chance
     hot_NL, set_id_N = _encode_findings(pool)
     num_sharing_N = torch.cat(
-        [(overlap_CN > 0).sum(1) for _, overlap_CN in _chunked_similarity(hot_NL, hot_NL)]
+        [(overlap_CN > 0).sum(1) for _, overlap_CN in _Pairwise(hot_NL, hot_NL).blocks()]
     )
     num_same_N = torch.bincount(set_id_N)[set_id_N]
     pool_size, k = len(pool), min(FINDING_K, len(pool))
@@ -156,16 +180,41 @@ def _unit_rows(emb_ND: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
     return F.normalize(emb_ND, dim=1)
 
 
-def _chunked_similarity(query_QD: torch.Tensor, cand_ND: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield ``(first query row, sim_CN)`` blocks so that no Q x N matrix is ever held whole."""
-    rows = max(1, _CHUNK_ENTRIES // cand_ND.shape[0])
-    for start in range(0, query_QD.shape[0], rows):
-        yield start, query_QD[start : start + rows] @ cand_ND.T
+class _Pairwise:
+    """Query-by-candidate similarities: from embeddings, computed in chunks so that no Q x N matrix is ever
+    held whole, or from a precomputed matrix."""
+
+    def __init__(
+        self,
+        query_QD: torch.Tensor | None = None,
+        cand_ND: torch.Tensor | None = None,
+        *,
+        matrix: torch.Tensor | None = None,
+    ) -> None:
+        self.query_QD, self.cand_ND, self.matrix_QN = query_QD, cand_ND, matrix
+        source = matrix if matrix is not None else query_QD
+        self.num_queries = source.shape[0]
+        self.num_candidates = matrix.shape[1] if matrix is not None else cand_ND.shape[0]
+
+    def blocks(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield ``(first query row, sim_CN)`` blocks."""
+        rows = max(1, _CHUNK_ENTRIES // self.num_candidates)
+        for start in range(0, self.num_queries, rows):
+            if self.matrix_QN is not None:
+                yield start, self.matrix_QN[start : start + rows]
+            else:
+                yield start, self.query_QD[start : start + rows] @ self.cand_ND.T
+
+    def subset(self, keep: list[int]) -> _Pairwise:
+        """The same items, restricted to ``keep`` on both sides (item i's match stays at position i)."""
+        if self.matrix_QN is not None:
+            return _Pairwise(matrix=self.matrix_QN[keep][:, keep])
+        return _Pairwise(self.query_QD[keep], self.cand_ND[keep])
 
 
-def _optimistic_ranks(query_QD: torch.Tensor, cand_ND: torch.Tensor) -> torch.Tensor:
+def _optimistic_ranks(pairs: _Pairwise) -> torch.Tensor:
     ranks = []
-    for start, sim_CN in _chunked_similarity(query_QD, cand_ND):
+    for start, sim_CN in pairs.blocks():
         match_C1 = torch.arange(start, start + sim_CN.shape[0]).unsqueeze(1)
         # The match's score is read from the same matrix, never recomputed, so exact ties stay exact.
         match_sim_C1 = sim_CN.gather(1, match_C1)
@@ -173,16 +222,16 @@ def _optimistic_ranks(query_QD: torch.Tensor, cand_ND: torch.Tensor) -> torch.Te
     return torch.cat(ranks)
 
 
-def _top_k_sets(query_QD: torch.Tensor, cand_ND: torch.Tensor, k: int) -> torch.Tensor:
+def _top_k_sets(pairs: _Pairwise, k: int) -> torch.Tensor:
     """Indices of each query's top-k candidates (as a set: order within it is not meaningful).
 
     The set is every candidate strictly above the k-th largest similarity plus, from those tied with it,
     the match first and then the lowest indices. An integer priority encodes that, and because priorities
     are distinct inside the tied group, ``topk`` on them is deterministic (``topk`` on floats is not).
     """
-    num_cand = cand_ND.shape[0]
+    num_cand = pairs.num_candidates
     tops = []
-    for start, sim_CN in _chunked_similarity(query_QD, cand_ND):
+    for start, sim_CN in pairs.blocks():
         kth_C1 = sim_CN.topk(k, dim=1).values[:, -1:]
         tie_order_CN = torch.arange(1, num_cand + 1).expand_as(sim_CN).clone()
         tie_order_CN.scatter_(1, torch.arange(start, start + sim_CN.shape[0]).unsqueeze(1), 0)
@@ -204,16 +253,13 @@ def _encode_findings(finding_sets: Sequence[frozenset[str]]) -> tuple[torch.Tens
     return hot_NL, torch.tensor([set_ids[s] for s in finding_sets])
 
 
-def _finding_metrics(
-    query_QD: torch.Tensor, cand_ND: torch.Tensor, finding_sets: Sequence[frozenset[str]]
-) -> dict[str, float]:
+def _finding_metrics(pairs: _Pairwise, finding_sets: Sequence[frozenset[str]]) -> dict[str, float]:
     keep = [i for i, labels in enumerate(finding_sets) if labels]
     if not keep:
         return {"P@5(F)": math.nan, "R@5(F)": math.nan, "num_finding_queries": 0}
     # Items without findings leave both sides; position j of the pool is query j's match.
-    query_QD, cand_ND = query_QD[keep], cand_ND[keep]
     hot_NL, set_id_N = _encode_findings([finding_sets[i] for i in keep])
-    top_QK = _top_k_sets(query_QD, cand_ND, min(FINDING_K, len(keep)))
+    top_QK = _top_k_sets(pairs.subset(keep), min(FINDING_K, len(keep)))
     shares_QK = torch.einsum("ql,qkl->qk", hot_NL, hot_NL[top_QK]) > 0
     same_QK = set_id_N[top_QK] == set_id_N.unsqueeze(1)
     return {
