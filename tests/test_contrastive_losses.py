@@ -1,4 +1,5 @@
-"""CLIP and ConVIRT losses vs float64 double-loop references; gradients, invariances, 2-process gather."""
+"""CLIP and ConVIRT losses vs float64 double-loop references; gradients, invariances; the 2-process gather
+for every loss that contrasts across the batch."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import torch.nn.functional as F
 
 from brainvlp.distributed import gather_features
 from brainvlp.losses import LOSSES
+from brainvlp.losses.brat import BratLossConfig
 from brainvlp.losses.clip import ClipLossConfig
 from brainvlp.losses.convirt import ConvirtLossConfig
+from brainvlp.losses.qformer_itc import QFormerItcLossConfig
 
 
 def reference_info_nce(img: torch.Tensor, txt: torch.Tensor, tau: float, lam: float) -> torch.Tensor:
@@ -51,7 +54,7 @@ def test_gradients_reach_both_towers_and_temperature() -> None:
     loss = make_loss()
     loss({"image_emb": img, "text_emb": txt})["contrastive_loss"].backward()
     assert img.grad.abs().sum() > 0 and txt.grad.abs().sum() > 0
-    assert loss.log_scale.grad is not None and loss.log_scale.grad != 0
+    assert loss.scale.log_scale.grad is not None and loss.scale.log_scale.grad != 0
     assert torch.autograd.gradcheck(
         lambda a, b: make_loss()({"image_emb": a, "text_emb": b})["contrastive_loss"], (img, txt)
     )
@@ -80,7 +83,7 @@ def test_perfect_alignment_beats_random() -> None:
 
 def test_fixed_temperature_is_not_trained() -> None:
     loss = LOSSES.build(ClipLossConfig(learnable_temperature=False))
-    assert not loss.log_scale.requires_grad
+    assert not loss.scale.log_scale.requires_grad
 
 
 def _free_port() -> int:
@@ -89,42 +92,66 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _worker(
-    rank: int, world_size: int, port: int, config: object, img: torch.Tensor, txt: torch.Tensor, out: dict
-) -> None:
+def _worker(rank: int, world_size: int, port: int, config: object, data: dict, out: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
-        chunk = img.shape[0] // world_size
-        local_img = img[rank * chunk : (rank + 1) * chunk].clone().requires_grad_(True)
-        local_txt = txt[rank * chunk : (rank + 1) * chunk].clone().requires_grad_(True)
+        chunk = next(iter(data.values())).shape[0] // world_size
+        local = {k: v[rank * chunk : (rank + 1) * chunk].clone() for k, v in data.items()}
+        for value in local.values():
+            value.requires_grad_(value.is_floating_point())
         gather = lambda x: gather_features(x, world_size=world_size)  # noqa: E731
         loss = LOSSES.build(config, rank=rank, world_size=world_size, gather=gather).double()
-        value = loss({"image_emb": local_img, "text_emb": local_txt})["contrastive_loss"]
+        value = loss(local)["contrastive_loss"]
         value.backward()
-        out[rank] = (value.detach(), local_img.grad, local_txt.grad)
+        out[rank] = (value.detach(), {k: v.grad for k, v in local.items() if v.is_floating_point()})
     finally:
         dist.destroy_process_group()
 
 
+def _views_and_sentences(gen: torch.Generator) -> dict[str, torch.Tensor]:
+    mask = torch.rand(8, 3, generator=gen) < 0.6
+    mask[:, 0] = True
+    mask[5, 2] = True  # workers hold different sentence counts: the loss pads them to one shape
+    return {
+        "views": torch.randn(8, 4, 5, generator=gen, dtype=torch.float64),
+        "sentences": torch.randn(8, 3, 5, generator=gen, dtype=torch.float64),
+        "sentence_mask": mask,
+        "text_emb": torch.randn(8, 5, generator=gen, dtype=torch.float64),
+    }
+
+
 @pytest.mark.parametrize(
-    "config", [ClipLossConfig(temperature=0.1), ConvirtLossConfig()], ids=["clip", "convirt"]
+    "config",
+    [
+        ClipLossConfig(temperature=0.1),
+        ConvirtLossConfig(),
+        BratLossConfig(diversity="none", itg_weight=0.0, max_sentences=3),
+        BratLossConfig(matching="colbert", diversity="none", itg_weight=0.0, max_sentences=3),
+        QFormerItcLossConfig(),
+    ],
+    ids=["clip", "convirt", "brat", "brat-colbert", "qformer_itc"],
 )
 def test_gathered_two_process_run_equals_global_batch(config: object) -> None:
     """Mean of per-worker losses is the global-batch loss; gradients averaged as DeepSpeed does match."""
-    torch.manual_seed(4)
-    img, txt = torch.randn(8, 4, dtype=torch.float64), torch.randn(8, 4, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(4)
+    if isinstance(config, ClipLossConfig | ConvirtLossConfig):
+        data = {"image_emb": torch.randn(8, 4, generator=gen, dtype=torch.float64)}
+        data["text_emb"] = torch.randn(8, 4, generator=gen, dtype=torch.float64)
+    else:
+        data = _views_and_sentences(gen)
     manager = mp.get_context("spawn").Manager()
     out = manager.dict()
-    mp.start_processes(_worker, args=(2, _free_port(), config, img, txt, out), nprocs=2, start_method="spawn")
-    g_img, g_txt = img.clone().requires_grad_(True), txt.clone().requires_grad_(True)
-    full = LOSSES.build(config).double()({"image_emb": g_img, "text_emb": g_txt})["contrastive_loss"]
+    mp.start_processes(_worker, args=(2, _free_port(), config, data, out), nprocs=2, start_method="spawn")
+    full_data = {k: v.clone().requires_grad_(v.is_floating_point()) for k, v in data.items()}
+    full = LOSSES.build(config).double()(full_data)["contrastive_loss"]
     full.backward()
     torch.testing.assert_close((out[0][0] + out[1][0]) / 2, full.detach())
     # Each worker's gradient sums every worker's loss through the gather; averaging over 2 workers
     # gives the gradient of the global-batch loss.
-    torch.testing.assert_close(torch.cat([out[0][1], out[1][1]]) / 2, g_img.grad)
-    torch.testing.assert_close(torch.cat([out[0][2], out[1][2]]) / 2, g_txt.grad)
+    for key, value in full_data.items():
+        if value.grad is not None:
+            torch.testing.assert_close(torch.cat([out[0][1][key], out[1][1][key]]) / 2, value.grad)
 
 
 @pytest.mark.parametrize("world_size", [1])

@@ -1,6 +1,9 @@
 """The evaluate job: embed a held-out split with an exported model and write retrieval metrics + report.
 
-Shape legend: N studies in the split, E embedding width.
+Images and reports are scored with the rule the model was trained with (``scoring`` in its export: dot
+product, max over Q-Former views, PVA, ColBERT).
+
+Shape legend: N studies in the split.
 """
 
 from __future__ import annotations
@@ -18,11 +21,16 @@ import torch
 
 from brainvlp.data.shards import read_index, split_files
 from brainvlp.evaluate.report import format_retrieval_table, write_retrieval_report
-from brainvlp.evaluate.retrieval import chance_levels, retrieval_metrics, retrieval_ranks
+from brainvlp.evaluate.retrieval import (
+    chance_levels,
+    retrieval_metrics_from_scores,
+    retrieval_ranks_from_scores,
+)
 from brainvlp.export import load_export
 from brainvlp.findings import positive_findings
+from brainvlp.losses.scoring import NEEDS, concat, score_matrix
 from brainvlp.spec import SpecError
-from brainvlp.train.task import BATCH_COLUMNS, collate
+from brainvlp.train.task import BATCH_COLUMNS, IMAGE_KEYS, TEXT_KEYS, PretrainTask, collate
 
 
 @dataclass
@@ -37,9 +45,11 @@ class EvaluateSpec:
 
 
 @ray.remote(num_cpus=1)
-def embed_split(model_dir: str, files: list[str], batch_size: int) -> dict[str, Any]:
-    """Image and report embeddings of every study in ``files``; a Ray task, so it runs on a worker node."""
+def score_split(model_dir: str, files: list[str], batch_size: int) -> dict[str, Any]:
+    """The image-by-report score matrix of every study in ``files``; a Ray task, so it runs on a worker."""
     model, meta = load_export(model_dir)
+    scoring = meta.get("scoring", "dot")  # exports from before scorings were recorded are dot-product
+    task = PretrainTask(model, loss=None, scale_max=meta["scale_max"], augment=None).eval()
     images, texts, findings, study_ids = [], [], [], []
     with torch.no_grad():
         for path in files:
@@ -48,17 +58,13 @@ def embed_split(model_dir: str, files: list[str], batch_size: int) -> dict[str, 
                 numpy_batch = {
                     name: batch.column(name).to_numpy(zero_copy_only=False) for name in BATCH_COLUMNS
                 }
-                tensors = collate(numpy_batch, pad_id=meta["pad_token_id"])
-                images.append(model.encode_image(tensors["volume"].float() / meta["scale_max"]))
-                texts.append(model.encode_text(tensors["input_ids"], tensors["attention_mask"]))
+                out = task.represent(collate(numpy_batch, pad_id=meta["pad_token_id"]), NEEDS[scoring])
+                images.append({k: out[k].float() for k in IMAGE_KEYS if k in out})
+                texts.append({k: out[k] for k in TEXT_KEYS if k in out})
                 findings.extend(batch.column("findings").to_pylist())
-                study_ids.extend(tensors["study_id"])
-    return {
-        "image_emb_NE": torch.cat(images),
-        "text_emb_NE": torch.cat(texts),
-        "findings": findings,
-        "study_ids": study_ids,
-    }
+                study_ids.extend(batch.column("study_id").to_pylist())
+    sim_NN = score_matrix(scoring, concat(images), concat(texts))
+    return {"sim_NN": sim_NN, "scoring": scoring, "findings": findings, "study_ids": study_ids}
 
 
 def run_evaluate(spec: EvaluateSpec, run_dir: Path) -> dict[str, Any]:
@@ -68,21 +74,22 @@ def run_evaluate(spec: EvaluateSpec, run_dir: Path) -> dict[str, Any]:
         raise SpecError("shards", "required: the output directory of an ingest job")
     index = read_index(spec.shards)
     files = split_files(spec.shards, spec.split)
-    result = ray.get(embed_split.remote(str(spec.model), files, spec.batch_size))
+    result = ray.get(score_split.remote(str(spec.model), files, spec.batch_size))
     finding_sets = [positive_findings(json.loads(f) if f else None) for f in result["findings"]]
-    image_emb_NE, text_emb_NE = result["image_emb_NE"], result["text_emb_NE"]
-    metrics = retrieval_metrics(image_emb_NE, text_emb_NE, finding_sets=finding_sets)
-    chance = chance_levels(len(image_emb_NE), finding_sets=finding_sets)
+    sim_NN = result["sim_NN"]
+    metrics = retrieval_metrics_from_scores(sim_NN, finding_sets=finding_sets)
+    chance = chance_levels(len(sim_NN), finding_sets=finding_sets)
     details = {
         "model": str(spec.model),
         "shards": str(spec.shards),
         "split": spec.split,
-        "studies": len(image_emb_NE),
+        "studies": len(sim_NN),
+        "scoring": result["scoring"],
         "studies_with_findings": int(np.sum([bool(s) for s in finding_sets])),
         "sequences": ", ".join(index["sequences"]),
         "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    ranks = retrieval_ranks(image_emb_NE, text_emb_NE)
+    ranks = retrieval_ranks_from_scores(sim_NN)
     write_retrieval_report(
         run_dir, metrics, chance, title="Retrieval evaluation", details=details, ranks=ranks
     )

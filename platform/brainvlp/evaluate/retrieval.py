@@ -113,6 +113,15 @@ def retrieval_ranks(
     }
 
 
+def retrieval_ranks_from_scores(sim_image_text_NN: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor]:
+    """``retrieval_ranks`` from a precomputed image-by-report score matrix."""
+    sim_NN = torch.as_tensor(sim_image_text_NN).detach().cpu()
+    return {
+        "text_to_image": _optimistic_ranks(_Pairwise(matrix=sim_NN.T)),
+        "image_to_text": _optimistic_ranks(_Pairwise(matrix=sim_NN)),
+    }
+
+
 def chance_levels(
     num_candidates: int,
     finding_sets: Sequence[frozenset[str]] | None = None,

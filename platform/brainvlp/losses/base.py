@@ -2,19 +2,24 @@
 
 A loss is an ``nn.Module`` built as ``Loss(config, rank=..., world_size=..., gather=...)`` whose forward takes
 the model's output dict and returns a dict: keys ending in ``_loss`` are summed into the training objective,
-everything else is logged. ``gather`` is the only way a loss sees other workers' features (it is
+everything else is logged. Two attributes tell the training task what to compute: ``inputs``, the
+representations the loss reads (see ``brainvlp.losses.scoring.NEEDS``; plus ``"itg"`` for generation
+logits), and ``scoring``, the image-report score that retrieval evaluation must use for this method.
+``gather`` is the only way a loss sees other workers' features (it is
 ``brainvlp.distributed.gather_features`` under data parallelism, the identity on one worker), so the loss
 math itself stays single-device and testable without a process group.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from brainvlp.registry import Registry
 
@@ -33,6 +38,27 @@ class LossConfig:
 
 def no_gather(features: torch.Tensor) -> torch.Tensor:
     return features
+
+
+class LogitScale(nn.Module):
+    """CLIP's learnable logit scale exp(t), t starting at log(1 / temperature), clamped at ``max_scale``."""
+
+    def __init__(self, temperature: float, *, learnable: bool = True, max_scale: float = 100.0) -> None:
+        super().__init__()
+        self.max_log_scale = math.log(max_scale)
+        # Shape (1,), not a scalar: DeepSpeed's ZeRO flattening cannot view 0-dim parameters.
+        self.log_scale = nn.Parameter(torch.full((1,), math.log(1.0 / temperature)), requires_grad=learnable)
+
+    def forward(self) -> torch.Tensor:
+        return self.log_scale.clamp(max=self.max_log_scale).exp().squeeze(0)
+
+
+def symmetric_infonce(
+    scale: torch.Tensor, sim_i2t_BG: torch.Tensor, sim_t2i_BG: torch.Tensor, *, rank: int
+) -> torch.Tensor:
+    """(CE(image -> text) + CE(text -> image)) / 2, each local query's match at ``rank * B + b``."""
+    labels_B = torch.arange(sim_i2t_BG.shape[0], device=sim_i2t_BG.device) + rank * sim_i2t_BG.shape[0]
+    return (F.cross_entropy(scale * sim_i2t_BG, labels_B) + F.cross_entropy(scale * sim_t2i_BG, labels_B)) / 2
 
 
 def cross_modal_similarities(

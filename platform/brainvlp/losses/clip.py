@@ -9,14 +9,20 @@ loss over the whole global batch.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from brainvlp.losses.base import LOSSES, Gather, LossConfig, cross_modal_similarities, no_gather
+from brainvlp.losses.base import (
+    LOSSES,
+    Gather,
+    LogitScale,
+    LossConfig,
+    cross_modal_similarities,
+    no_gather,
+    symmetric_infonce,
+)
 
 
 @dataclass
@@ -35,22 +41,22 @@ class ClipLossConfig(LossConfig):
 
 @LOSSES.register("clip", config=ClipLossConfig)
 class ClipLoss(nn.Module):
+    scoring = "dot"
+    inputs = frozenset({"global"})
+
     def __init__(
         self, config: ClipLossConfig, *, rank: int = 0, world_size: int = 1, gather: Gather = no_gather
     ) -> None:
         super().__init__()
         self.rank, self.world_size, self.gather = rank, world_size, gather
-        self.max_log_scale = math.log(config.max_logit_scale)
-        # Shape (1,), not a scalar: DeepSpeed's ZeRO flattening cannot view 0-dim parameters.
-        log_scale = torch.full((1,), math.log(1.0 / config.temperature))
-        self.log_scale = nn.Parameter(log_scale, requires_grad=config.learnable_temperature)
+        self.scale = LogitScale(
+            config.temperature, learnable=config.learnable_temperature, max_scale=config.max_logit_scale
+        )
 
     def forward(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        sim_i2t_BG, sim_t2i_BG, labels_B = cross_modal_similarities(
+        sim_i2t_BG, sim_t2i_BG, _ = cross_modal_similarities(
             outputs["image_emb"], outputs["text_emb"], rank=self.rank, gather=self.gather
         )
-        scale = self.log_scale.clamp(max=self.max_log_scale).exp().squeeze(0)
-        loss = (
-            F.cross_entropy(scale * sim_i2t_BG, labels_B) + F.cross_entropy(scale * sim_t2i_BG, labels_B)
-        ) / 2
+        scale = self.scale()
+        loss = symmetric_infonce(scale, sim_i2t_BG, sim_t2i_BG, rank=self.rank)
         return {"contrastive_loss": loss, "logit_scale": scale.detach()}

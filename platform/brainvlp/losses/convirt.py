@@ -35,6 +35,9 @@ class ConvirtLossConfig(LossConfig):
 
 @LOSSES.register("convirt", config=ConvirtLossConfig)
 class ConvirtLoss(nn.Module):
+    scoring = "dot"
+    inputs = frozenset({"global"})
+
     def __init__(
         self, config: ConvirtLossConfig, *, rank: int = 0, world_size: int = 1, gather: Gather = no_gather
     ) -> None:

@@ -1,7 +1,8 @@
-"""Image and report encoders with projection heads into one L2-normalised space (CLIP / ConVIRT shape).
+"""Image and report encoders with projection heads into one L2-normalised space (CLIP / ConVIRT shape),
+and optionally a Q-Former whose views meet the report's sentences there (brat, BLIP-2).
 
 Shape legend: B batch, C channels, D/H/W volume axes, P positions, F backbone width, H text width,
-E embedding width, T tokens.
+E embedding width, T tokens, Q views, S sentences.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from brainvlp.models.base import VISION, VisionConfig
+from brainvlp.models.qformer import QFormer, QFormerConfig
 from brainvlp.models.resnet import ResNetConfig
 from brainvlp.models.text import TextConfig, TextEncoder
 
@@ -30,6 +32,7 @@ class ModelConfig:
     # dropout on them drowns those differences, while the image head needs it against overfitting.
     image_dropout: float = 0.0
     text_dropout: float = 0.0
+    qformer: QFormerConfig | None = None  # set for brat, qformer_itc and their ablations
 
 
 def projection(in_dim: int, hidden: int | None, out_dim: int, dropout: float) -> nn.Module:
@@ -53,18 +56,42 @@ class DualEncoder(nn.Module):
         self.text_proj = projection(
             self.text.out_dim, config.proj_hidden, config.embed_dim, config.text_dropout
         )
+        self.qformer = None
+        if config.qformer is not None:
+            self.qformer = QFormer(config.qformer, self.text.model, image_dim=self.vision.out_dim)
+            self.view_proj = projection(
+                self.text.out_dim, config.proj_hidden, config.embed_dim, config.image_dropout
+            )
 
     def encode_image(self, volume_BCDHW: torch.Tensor) -> torch.Tensor:
         tokens_BPF = self.vision(volume_BCDHW)
         pooled = tokens_BPF.flatten(1) if self.image_pool == "flatten" else tokens_BPF.mean(1)
         return F.normalize(self.image_proj(pooled), dim=-1)
 
-    def text_features(self, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor) -> torch.Tensor:
-        """Pooled encoder output before projection: what a frozen encoder lets us cache per study."""
-        return self.text(input_ids_BT, attention_mask_BT)
+    def encode_views(self, volume_BCDHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Q-Former views ``B x Q x E`` (normalised), their cross-attention maps ``B x Q x P`` and the image
+        tokens ``B x P x F`` they read (generation conditions on them again)."""
+        if self.qformer is None:
+            raise ValueError("this model has no Q-Former: set model.qformer for view-based losses")
+        tokens_BPF = self.vision(volume_BCDHW)
+        views_BQH, attn_BQP = self.qformer(tokens_BPF)
+        return F.normalize(self.view_proj(views_BQH), dim=-1), attn_BQP, tokens_BPF
+
+    def text_features(
+        self,
+        input_ids_BT: torch.Tensor,
+        attention_mask_BT: torch.Tensor,
+        spans_BS2: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Encoder outputs before projection, report ``B x H`` and (given spans) sentences ``B x S x H``:
+        what a frozen encoder lets us cache per study."""
+        return self.text.encode(input_ids_BT, attention_mask_BT, spans_BS2)
 
     def project_text(self, features_BH: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text_proj(features_BH), dim=-1)
 
+    def project_sentences(self, sentences_BSH: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_proj(sentences_BSH), dim=-1)
+
     def encode_text(self, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor) -> torch.Tensor:
-        return self.project_text(self.text_features(input_ids_BT, attention_mask_BT))
+        return self.project_text(self.text_features(input_ids_BT, attention_mask_BT)[0])

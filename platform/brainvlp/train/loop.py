@@ -129,6 +129,7 @@ def _export_meta(spec: Any, index: dict[str, Any], step: int, selected: str) -> 
         "tokenizer": index["tokenizer"],
         "pad_token_id": index["pad_token_id"],
         "sequences": index["sequences"],
+        "scoring": LOSSES.build(spec.loss).scoring,  # how retrieval must score image-report pairs
         "step": step,
         "selected": selected,
     }

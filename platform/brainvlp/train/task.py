@@ -1,10 +1,12 @@
 """The pretraining task: batch -> (augmented) volumes and reports -> model -> loss dict.
 
-Shape legend: B batch, C channels, D/H/W volume axes, T tokens, H text feature width, E embedding width.
+Shape legend: B batch, C channels, D/H/W volume axes, T tokens, S sentences, H text feature width,
+E embedding width, Q views, P image positions.
 
 This is the module DeepSpeed wraps, so the loss's own parameters (a learnable temperature) train with the
-model. A frozen text encoder's pooled features are cached per study: running it every step would cost more
-than the whole image step on a CPU (PHANTOM-NOTES.md).
+model. It computes only the representations the loss reads (``loss.inputs``: global embeddings, Q-Former
+views, sentence embeddings, generation logits). A frozen text encoder's outputs are cached per study:
+running it every step would cost more than the whole image step on a CPU (PHANTOM-NOTES.md).
 """
 
 from __future__ import annotations
@@ -16,22 +18,28 @@ import torch
 from monai import transforms as mt
 from torch import nn
 
-from brainvlp.data.shards import decode_volumes, pad_token_ids
+from brainvlp.data.shards import decode_volumes, pad_spans, pad_token_ids
 from brainvlp.losses import total_loss
+from brainvlp.losses.scoring import pad_sentences
 from brainvlp.models import DualEncoder
 from brainvlp.train.config import AugmentConfig
 
-BATCH_COLUMNS = ["study_id", "volume", "volume_shape", "input_ids"]
+BATCH_COLUMNS = ["study_id", "volume", "volume_shape", "input_ids", "sentence_spans"]
+# Keys of ``PretrainTask.represent``'s output that describe the image side and the report side.
+IMAGE_KEYS, TEXT_KEYS = ("image_emb", "views"), ("text_emb", "sentences", "sentence_mask")
 
 
 def collate(batch: dict[str, np.ndarray], pad_id: int = 0) -> dict[str, Any]:
     """Ray Data numpy batch -> tensors; volumes stay int16 until they reach the training device."""
     input_ids, attention_mask = pad_token_ids(batch["input_ids"], pad_id)
+    spans, sentence_mask = pad_spans(batch["sentence_spans"])
     return {
         "study_id": [str(s) for s in batch["study_id"]],
         "volume": torch.from_numpy(decode_volumes(batch["volume"], batch["volume_shape"])),
         "input_ids": torch.from_numpy(input_ids),
         "attention_mask": torch.from_numpy(attention_mask),
+        "spans": torch.from_numpy(spans),
+        "sentence_mask": torch.from_numpy(sentence_mask),
     }
 
 
@@ -76,27 +84,62 @@ class PretrainTask(nn.Module):
             volume = torch.stack([torch.as_tensor(self.augment(v)).clamp_(min=0) for v in volume])
         return volume.to(dtype)
 
-    def text_features(self, batch: dict[str, Any]) -> torch.Tensor:
+    def text_features(
+        self, batch: dict[str, Any], *, sentences: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Report features ``B x H`` and, if asked, sentence features ``B x S x H`` (before projection)."""
+        spans = batch["spans"] if sentences else None
         if not self.model.text.frozen:
-            return self.model.text_features(batch["input_ids"], batch["attention_mask"])
-        missing = [i for i, s in enumerate(batch["study_id"]) if s not in self.text_cache]
+            return self.model.text_features(batch["input_ids"], batch["attention_mask"], spans)
+        ids = batch["study_id"]
+        missing = [
+            i
+            for i, s in enumerate(ids)
+            if s not in self.text_cache or (sentences and self.text_cache[s][1] is None)
+        ]
         if missing:
             with torch.no_grad():
-                ids, mask = batch["input_ids"][missing], batch["attention_mask"][missing]
+                mask = batch["attention_mask"][missing]
                 keep = int(mask.sum(1).max())  # trim shared padding before the encoder sees it
-                features_MH = self.model.text_features(ids[:, :keep], mask[:, :keep])
-            for i, features_H in zip(missing, features_MH, strict=True):
-                self.text_cache[batch["study_id"][i]] = features_H
-        return torch.stack([self.text_cache[s] for s in batch["study_id"]])
+                report_MH, sentences_MSH = self.model.text_features(
+                    batch["input_ids"][missing][:, :keep],
+                    mask[:, :keep],
+                    None if spans is None else spans[missing],
+                )
+            for row, i in enumerate(missing):
+                count = int(batch["sentence_mask"][i].sum())
+                cached = None if sentences_MSH is None else sentences_MSH[row, :count]
+                self.text_cache[ids[i]] = (report_MH[row], cached)
+        report_BH = torch.stack([self.text_cache[s][0] for s in ids])
+        if not sentences:
+            return report_BH, None
+        width = batch["sentence_mask"].shape[1]
+        return report_BH, torch.stack([pad_sentences(self.text_cache[s][1][None], width)[0] for s in ids])
 
-    def embed(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def represent(self, batch: dict[str, Any], needs: frozenset[str]) -> dict[str, torch.Tensor]:
+        """What a loss or a scoring rule reads (see ``brainvlp.losses.scoring.NEEDS``)."""
         dtype = next(self.model.image_proj.parameters()).dtype
-        image_emb_BE = self.model.encode_image(self.prepare_volume(batch["volume"], dtype))
-        text_emb_BE = self.model.project_text(self.text_features(batch).to(dtype))
-        return image_emb_BE, text_emb_BE
+        volume = self.prepare_volume(batch["volume"], dtype)
+        report_BH, sentences_BSH = self.text_features(batch, sentences="sentences" in needs)
+        out: dict[str, torch.Tensor] = {}
+        if "global" in needs:
+            out["image_emb"] = self.model.encode_image(volume)
+        if needs & {"global", "report"}:
+            out["text_emb"] = self.model.project_text(report_BH.to(dtype))
+        if needs & {"views", "itg"}:
+            out["views"], out["attn"], tokens_BPF = self.model.encode_views(volume)
+        if "sentences" in needs:
+            out["sentences"] = self.model.project_sentences(sentences_BSH.to(dtype))
+            out["sentence_mask"] = batch["sentence_mask"]
+        if "itg" in needs:
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            out["itg_logits"] = self.model.qformer.itg_logits(tokens_BPF, ids, mask)
+            out["input_ids"], out["attention_mask"] = ids, mask
+        return out
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        image_emb_BE, text_emb_BE = self.embed(batch)
-        outputs = self.loss({"image_emb": image_emb_BE.float(), "text_emb": text_emb_BE.float()})
+        represented = self.represent(batch, self.loss.inputs)
+        # Loss math in float32 whatever the training precision (bf16 logits make poor softmaxes).
+        outputs = self.loss({k: v.float() if v.is_floating_point() else v for k, v in represented.items()})
         outputs["loss"] = total_loss(outputs)
         return outputs

@@ -1,0 +1,193 @@
+"""PVA matching: brainvlp's vectorised ``pva_matches`` against per-pair greedy loops, on CPU.
+
+What it measures, on one batch of brat's training shape (B = G = 32 images and reports, Q = 32 views, S = 20
+sentence slots, each report with a random 5..20 valid sentences and the rest padding, float32 cosine
+similarities):
+
+(a) brainvlp: ``pva_matches`` over all B x B pairs at once;
+(b) reference, iterative argmax: a Python loop over the B x B pairs, each running the greedy algorithm on its
+    Q x S matrix with torch (take the argmax, record it, set its row and column to -inf, repeat while
+    views and valid sentences remain);
+(c) reference, Algorithm 1: the same loop over pairs, each sorting its valid entries once (stable, so ties
+    stay in row-major order) and walking the list, keeping an entry when its view and sentence are free;
+(d) for context only, Algorithm 1 written literally as in ``tests/test_matching.py``: after each pick the
+    list of remaining pairs is rebuilt without the picked view and sentence (on Python floats).
+
+All must give identical matches (asserted). Timings are medians over repeats after one untimed
+warm-up, with one torch thread by default (``--threads``): on a 2-core machine shared with a training job,
+two intra-op threads wait on each other and the vectorised code ran 2.5x to 11x slower than on one, so
+one thread gives the stable comparison. The target is (a) >= 100x the faster of (b) and (c), the loops one
+would write for speed; (d) rebuilds a Python list of up to Q S pairs after every pick, interpreter work
+the others leave to C, and is no fair baseline. Also printed: ``pva_scores`` forward + backward, what a
+brat step pays.
+
+Run: ``python benchmarks/pva.py [--repeats 20] [--threads 1] [--seed 0]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from brainvlp.losses.matching import pva_matches, pva_scores
+
+B, Q, S = 32, 32, 20
+MIN_SENTENCES, MAX_SENTENCES = 5, 20
+TARGET_SPEEDUP = 100.0
+
+
+def make_batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine similarities B x B x Q x S of random unit vectors, and the G x S valid-sentence mask."""
+    generator = torch.Generator().manual_seed(seed)
+    views_BQD = torch.nn.functional.normalize(torch.randn(B, Q, 256, generator=generator), dim=-1)
+    sentences_GSD = torch.nn.functional.normalize(torch.randn(B, S, 256, generator=generator), dim=-1)
+    sim_BGQS = torch.einsum("bqd,gsd->bgqs", views_BQD, sentences_GSD).contiguous()
+    counts_G = torch.randint(MIN_SENTENCES, MAX_SENTENCES + 1, (B,), generator=generator)
+    return sim_BGQS, torch.arange(S)[None, :] < counts_G[:, None]
+
+
+def greedy_argmax_pair(sim_QS: torch.Tensor, valid_S: torch.Tensor) -> torch.Tensor:
+    """(b) for one pair: iterative argmax with deletion; ties to the first row-major entry."""
+    work_QS = sim_QS.masked_fill(~valid_S, float("-inf"))
+    matched_QS = torch.zeros_like(work_QS, dtype=torch.bool)
+    for _ in range(min(sim_QS.shape[0], int(valid_S.sum()))):
+        q, s = divmod(int(work_QS.argmax()), sim_QS.shape[1])
+        matched_QS[q, s] = True
+        work_QS[q, :] = float("-inf")
+        work_QS[:, s] = float("-inf")
+    return matched_QS
+
+
+def greedy_sorted_pair(sim_QS: torch.Tensor, valid_S: torch.Tensor) -> torch.Tensor:
+    """(c) for one pair: brat Algorithm 1, one stable descending sort then a walk over the list."""
+    num_views, num_slots = sim_QS.shape
+    matched = torch.zeros(num_views * num_slots, dtype=torch.bool)
+    wanted = min(num_views, int(valid_S.sum()))
+    if wanted == 0:
+        return matched.view(num_views, num_slots)
+    # Padded entries sort last and are never reached: the first `wanted` free pairs are all valid.
+    flat = sim_QS.masked_fill(~valid_S, float("-inf")).flatten()
+    order = torch.sort(flat, descending=True, stable=True).indices.tolist()
+    view_used, sentence_used, picked = [False] * num_views, [False] * num_slots, []
+    for index in order:
+        q, s = divmod(index, num_slots)
+        if view_used[q] or sentence_used[s]:
+            continue
+        view_used[q] = sentence_used[s] = True
+        picked.append(index)
+        if len(picked) == wanted:
+            break
+    matched[picked] = True
+    return matched.view(num_views, num_slots)
+
+
+def literal_pair(sim_QS: torch.Tensor, valid_S: torch.Tensor) -> torch.Tensor:
+    """(d) for one pair: Algorithm 1 step by step on Python floats, the list rebuilt after every pick."""
+    num_views, num_slots = sim_QS.shape
+    values = sim_QS.tolist()
+    valid = valid_S.tolist()
+    remaining = sorted(
+        ((values[q][s], q, s) for q in range(num_views) for s in range(num_slots) if valid[s]),
+        key=lambda pair: -pair[0],
+    )
+    matched = torch.zeros(num_views, num_slots, dtype=torch.bool)
+    while remaining:
+        _, q, s = remaining[0]
+        matched[q, s] = True
+        remaining = [pair for pair in remaining if pair[1] != q and pair[2] != s]
+    return matched
+
+
+def per_pair(greedy: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def run(sim_BGQS: torch.Tensor, mask_GS: torch.Tensor) -> torch.Tensor:
+        rows = [
+            torch.stack([greedy(sim_BGQS[b, g], mask_GS[g]) for g in range(sim_BGQS.shape[1])])
+            for b in range(sim_BGQS.shape[0])
+        ]
+        return torch.stack(rows)
+
+    return run
+
+
+def scores_forward_backward(sim_BGQS: torch.Tensor, mask_GS: torch.Tensor) -> torch.Tensor:
+    sim_BGQS = sim_BGQS.detach().requires_grad_(True)
+    pva_scores(sim_BGQS, mask_GS).sum().backward()
+    return sim_BGQS.grad
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up, untimed
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def brat_step_share() -> float | None:
+    """Share of a CPU brat training step spent in the brat loss (PVA, contrastive, DPP), None for now."""
+    # TODO(brat loss): time one CPU training step of the brat model and its loss in it; return the share.
+    return None
+
+
+def _verdict(ok: bool | None) -> str:
+    return "SKIP" if ok is None else ("PASS" if ok else "FAIL")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--repeats", type=int, default=20, help="timed runs of (a); (b) and (c) get a quarter"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.repeats < 1 or args.threads < 1:
+        parser.error("--repeats and --threads must be >= 1")
+    torch.set_num_threads(args.threads)
+
+    sim_BGQS, mask_GS = make_batch(args.seed)
+    counts = mask_GS.sum(dim=-1)
+    print(
+        f"B = G = {B}, Q = {Q}, S = {S} (valid sentences {int(counts.min())}..{int(counts.max())}, "
+        f"mean {counts.float().mean():.1f}), float32, torch threads {torch.get_num_threads()}"
+    )
+    vectorised = pva_matches(sim_BGQS, mask_GS)
+    references = {
+        "(b) per-pair iterative argmax": per_pair(greedy_argmax_pair),
+        "(c) per-pair Algorithm 1 (sort)": per_pair(greedy_sorted_pair),
+    }
+    for name, reference in references.items():
+        assert torch.equal(reference(sim_BGQS, mask_GS), vectorised), f"{name} matches differ"
+    print("matches identical: (a) == (b) == (c); (d) checked below")
+
+    seconds = {
+        "(a) pva_matches, vectorised": median_seconds(lambda: pva_matches(sim_BGQS, mask_GS), args.repeats)
+    }
+    for name, reference in references.items():
+        seconds[name] = median_seconds(lambda r=reference: r(sim_BGQS, mask_GS), max(1, args.repeats // 4))
+    literal = per_pair(literal_pair)
+    assert torch.equal(literal(sim_BGQS, mask_GS), vectorised), "(d) matches differ"
+    seconds["(d) literal Algorithm 1 (context)"] = median_seconds(lambda: literal(sim_BGQS, mask_GS), 1)
+    backward = median_seconds(lambda: scores_forward_backward(sim_BGQS, mask_GS), args.repeats)
+    print(f"{'':36}{'ms':>10}{'ratio':>10}")
+    fast = seconds["(a) pva_matches, vectorised"]
+    for name, value in seconds.items():
+        print(f"{name:36}{1e3 * value:10.2f}{value / fast:9.1f}x")
+    print(f"{'pva_scores forward + backward':36}{1e3 * backward:10.2f}")
+
+    speedup = min(seconds[name] for name in references) / fast
+    verdict = _verdict(speedup >= TARGET_SPEEDUP)
+    print(f"{verdict} (a) >= {TARGET_SPEEDUP:.0f}x the faster reference: {speedup:.1f}x")
+    share = brat_step_share()
+    shown = "n/a" if share is None else f"{share:.1%}"
+    print(f"{_verdict(None if share is None else True)} brat loss share of a CPU training step: {shown}")
+
+
+if __name__ == "__main__":
+    main()

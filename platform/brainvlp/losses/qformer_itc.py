@@ -1,0 +1,65 @@
+"""Q-Former image-text contrastive loss (METHODS 3 ``qformer_itc``; BLIP-2 ITC, brat's "Q-Former" row).
+
+Shape legend: B local batch, G global batch (B x world_size), Q views, D embedding width.
+
+The score of image b and report g is the best of b's Q views against g's report embedding; the CLIP loss
+on those scores, both directions, negatives from every worker. ``diversity: dpp`` gives brat's
+"Q-Former w/ QD" ablation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from brainvlp.losses.base import LOSSES, Gather, LogitScale, LossConfig, no_gather, symmetric_infonce
+from brainvlp.losses.brat import Diversity, diversity_terms
+from brainvlp.losses.scoring import pair_scores
+from brainvlp.spec import SpecError
+
+
+@dataclass
+class QFormerItcLossConfig(LossConfig):
+    name: str = "qformer_itc"
+    temperature: float = 0.1
+    learnable_temperature: bool = True
+    diversity: Diversity = "none"
+    diversity_weight: float = 1.0
+    dpp_eps: float = 1e-6
+
+    def validate(self, path: str) -> None:
+        if not 0 < self.temperature < 10:
+            raise SpecError(f"{path}.temperature", f"must be in (0, 10), found {self.temperature}")
+        if self.diversity_weight < 0:
+            raise SpecError(f"{path}.diversity_weight", f"must be >= 0, found {self.diversity_weight}")
+
+
+@LOSSES.register("qformer_itc", config=QFormerItcLossConfig)
+class QFormerItcLoss(nn.Module):
+    scoring = "max_query"
+    inputs = frozenset({"views", "report"})
+
+    def __init__(
+        self, config: QFormerItcLossConfig, *, rank: int = 0, world_size: int = 1, gather: Gather = no_gather
+    ) -> None:
+        super().__init__()
+        self.config, self.rank, self.gather = config, rank, gather
+        self.scale = LogitScale(config.temperature, learnable=config.learnable_temperature)
+
+    def forward(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        views_BQD = F.normalize(outputs["views"].float(), dim=-1)
+        text_BD = F.normalize(outputs["text_emb"].float(), dim=-1)
+        views_GQD, text_GD = self.gather(views_BQD), self.gather(text_BD)
+        sim_i2t_BG = pair_scores(self.scoring, {"views": views_BQD}, {"text_emb": text_GD})
+        sim_t2i_GB = pair_scores(self.scoring, {"views": views_GQD}, {"text_emb": text_BD})
+        scale = self.scale()
+        result = {
+            "contrastive_loss": symmetric_infonce(scale, sim_i2t_BG, sim_t2i_GB.T, rank=self.rank),
+            "logit_scale": scale.detach(),
+        }
+        config = self.config
+        views = {**outputs, "views": views_BQD}
+        return result | diversity_terms(config.diversity, config.diversity_weight, views, config.dpp_eps)
