@@ -94,7 +94,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 best.update(metrics["dev_R@5"], step, engine)
             if metrics or step % spec.train.log_every == 0 or step == steps:
                 elapsed = time.perf_counter() - start
-                metrics.update({k: float(v) for k, v in outputs.items() if v.dim() == 0})
+                metrics.update({k: float(v.detach()) for k, v in outputs.items() if v.dim() == 0})
                 metrics.update(
                     step=step, epoch=epoch, lr=engine.lr, samples_per_s=step * spec.train.batch_size / elapsed
                 )
