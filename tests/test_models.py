@@ -66,3 +66,20 @@ def test_export_round_trip(tmp_path: Path) -> None:
     assert loaded_meta["scale_max"] == 800
     with pytest.raises(FileNotFoundError, match="not a brainvlp export"):
         load_export(tmp_path / "missing")
+
+
+def test_text_encoder_gets_its_own_learning_rate() -> None:
+    from brainvlp.train.config import TrainConfig
+    from brainvlp.train.engine import param_groups
+
+    config = parse(ModelConfig, {**TINY, "qformer": {"num_queries": 2}}, "model")
+    model = DualEncoder(config, in_channels=2, volume_shape=(16, 32, 32))
+    rest, text = param_groups(model, TrainConfig(lr=5e-4, text_lr=5e-5))
+    assert (rest["lr"], text["lr"]) == (5e-4, 5e-5)
+    assert {id(p) for p in text["params"]} == {id(p) for p in model.text.model.parameters()}
+    # The Q-Former starts from the text encoder's weights but trains at the main rate, as in brat.
+    assert {id(p) for p in model.qformer.parameters()} <= {id(p) for p in rest["params"]}
+    frozen = parse(ModelConfig, {**TINY, "text": {"path": "builtin:tiny", "freeze": True}}, "model")
+    assert (
+        len(param_groups(DualEncoder(frozen, in_channels=2, volume_shape=(16, 32, 32)), TrainConfig())) == 1
+    )

@@ -45,6 +45,7 @@ class TrainConfig:
     epochs: int = 10
     max_steps: int | None = None
     lr: float = 1e-3
+    text_lr: float | None = None  # the text encoder's own rate (brat: 5e-5 against 5e-4); None: lr
     weight_decay: float = 0.05
     warmup_steps: int = 0
     schedule: Literal["cosine", "constant"] = "cosine"

@@ -47,6 +47,19 @@ def deepspeed_config(ds: DeepSpeedConfig, micro_batch: int, on_gpu: bool) -> dic
     }
 
 
+def param_groups(module: nn.Module, train: TrainConfig) -> list[dict[str, Any]]:
+    """Trainable parameters with their learning rates: the text encoder's may differ (brat: vision 5e-4,
+    text 5e-5); everything else, projections and Q-Former included, uses ``train.lr``."""
+    text, rest = [], []
+    for name, param in module.named_parameters():
+        if param.requires_grad:
+            (text if ".text.model." in f".{name}" else rest).append(param)
+    groups = [{"params": rest, "lr": train.lr}]
+    if text:
+        groups.append({"params": text, "lr": train.text_lr if train.text_lr is not None else train.lr})
+    return groups
+
+
 class Engine:
     def __init__(
         self,
@@ -57,8 +70,7 @@ class Engine:
         micro_batch: int,
         total_steps: int,
     ) -> None:
-        trainable = [p for p in module.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=train.lr, weight_decay=train.weight_decay)
+        optimizer = torch.optim.AdamW(param_groups(module, train), weight_decay=train.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(train.schedule, train.warmup_steps, total_steps)
         )
