@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from brainvlp.losses import LOSSES
 from brainvlp.runner import load_spec
 from brainvlp.spec import SpecError, dump_resolved, to_plain
 
@@ -28,7 +29,7 @@ def error_of(path: Path, overrides: tuple[str, ...] = ()) -> str:
     return str(info.value)
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_validates(path: Path) -> None:
     assert load_spec(path).kind in ("pipeline", "ingest", "pretrain", "evaluate", "phantom")
 
@@ -45,7 +46,7 @@ def test_quickstart_validates_and_links_steps() -> None:
     ("override", "path", "fragment"),
     [
         ("pretrain.trian.epochs=3", "pretrain.trian", "unknown key; allowed keys: data, deepspeed"),
-        ("pretrain.loss.name=clpi", "pretrain.loss.name", "'clpi' is not one of: clip, convirt"),
+        ("pretrain.loss.name=clpi", "pretrain.loss.name", f"'clpi' is not one of: {', '.join(LOSSES.names)}"),
         (
             "pretrain.model.vision.name=vgg",
             "pretrain.model.vision.name",
@@ -78,7 +79,7 @@ def test_typo_in_file_fails_before_ray_starts(tmp_path: Path) -> None:
 
 def test_missing_component_name_lists_choices(tmp_path: Path) -> None:
     spec = {"kind": "pretrain", "data": {"shards": "x"}, "loss": {"temperature": 0.1}}
-    assert "loss.name: required; choose a loss: clip, convirt" in error_of(write(tmp_path, spec))
+    assert f"loss.name: required; choose a loss: {', '.join(LOSSES.names)}" in error_of(write(tmp_path, spec))
 
 
 def test_standalone_step_requires_its_inputs(tmp_path: Path) -> None:
