@@ -14,11 +14,12 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from brainvlp.distributed import gather_features
-from brainvlp.losses import LOSSES
+from brainvlp.losses import LOSSES, total_loss
 from brainvlp.losses.brat import BratLossConfig
 from brainvlp.losses.clip import ClipLossConfig
 from brainvlp.losses.convirt import ConvirtLossConfig
 from brainvlp.losses.qformer_itc import QFormerItcLossConfig
+from brainvlp.losses.triplet import TripletLossConfig
 
 
 def reference_info_nce(img: torch.Tensor, txt: torch.Tensor, tau: float, lam: float) -> torch.Tensor:
@@ -102,7 +103,7 @@ def _worker(rank: int, world_size: int, port: int, config: object, data: dict, o
             value.requires_grad_(value.is_floating_point())
         gather = lambda x: gather_features(x, world_size=world_size)  # noqa: E731
         loss = LOSSES.build(config, rank=rank, world_size=world_size, gather=gather).double()
-        value = loss(local)["contrastive_loss"]
+        value = total_loss(loss(local))
         value.backward()
         out[rank] = (value.detach(), {k: v.grad for k, v in local.items() if v.is_floating_point()})
     finally:
@@ -129,22 +130,24 @@ def _views_and_sentences(gen: torch.Generator) -> dict[str, torch.Tensor]:
         BratLossConfig(diversity="none", itg_weight=0.0, max_sentences=3),
         BratLossConfig(matching="colbert", diversity="none", itg_weight=0.0, max_sentences=3),
         QFormerItcLossConfig(),
+        TripletLossConfig(candidates=7),  # hard negatives: the draw must not differ between runs
     ],
-    ids=["clip", "convirt", "brat", "brat-colbert", "qformer_itc"],
+    ids=["clip", "convirt", "brat", "brat-colbert", "qformer_itc", "triplet"],
 )
 def test_gathered_two_process_run_equals_global_batch(config: object) -> None:
     """Mean of per-worker losses is the global-batch loss; gradients averaged as DeepSpeed does match."""
     gen = torch.Generator().manual_seed(4)
-    if isinstance(config, ClipLossConfig | ConvirtLossConfig):
+    if isinstance(config, ClipLossConfig | ConvirtLossConfig | TripletLossConfig):
         data = {"image_emb": torch.randn(8, 4, generator=gen, dtype=torch.float64)}
         data["text_emb"] = torch.randn(8, 4, generator=gen, dtype=torch.float64)
+        data["location"] = torch.tensor([0, 1, 0, 2, 1, 1, -1, 2])
     else:
         data = _views_and_sentences(gen)
     manager = mp.get_context("spawn").Manager()
     out = manager.dict()
     mp.start_processes(_worker, args=(2, _free_port(), config, data, out), nprocs=2, start_method="spawn")
     full_data = {k: v.clone().requires_grad_(v.is_floating_point()) for k, v in data.items()}
-    full = LOSSES.build(config).double()(full_data)["contrastive_loss"]
+    full = total_loss(LOSSES.build(config).double()(full_data))
     full.backward()
     torch.testing.assert_close((out[0][0] + out[1][0]) / 2, full.detach())
     # Each worker's gradient sums every worker's loss through the gather; averaging over 2 workers

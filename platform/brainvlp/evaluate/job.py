@@ -53,7 +53,7 @@ def score_split(model_dir: str, files: list[str], batch_size: int) -> dict[str, 
     images, texts, findings, study_ids = [], [], [], []
     with torch.no_grad():
         for path in files:
-            table = pq.read_table(path, columns=[*BATCH_COLUMNS, "findings"])
+            table = pq.read_table(path, columns=BATCH_COLUMNS)
             for batch in table.to_batches(max_chunksize=batch_size):
                 numpy_batch = {
                     name: batch.column(name).to_numpy(zero_copy_only=False) for name in BATCH_COLUMNS

@@ -42,10 +42,13 @@ class ResNetBackbone(nn.Module):
         expansion = 4 if config.block == "bottleneck" else 1
         self.out_dim = config.widths[-1] * expansion
 
-    def forward(self, volume_BCDHW: torch.Tensor) -> torch.Tensor:
+    def feature_map(self, volume_BCDHW: torch.Tensor) -> torch.Tensor:
+        """The last stage's feature map ``B x F x d x h x w`` (the attention variant needs its grid)."""
         net = self.net
         x = net.act(net.bn1(net.conv1(volume_BCDHW)))
         if not net.no_max_pool:
             x = net.maxpool(x)
-        x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
-        return x.flatten(2).transpose(1, 2)  # tokens_BPF
+        return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+
+    def forward(self, volume_BCDHW: torch.Tensor) -> torch.Tensor:
+        return self.feature_map(volume_BCDHW).flatten(2).transpose(1, 2)  # tokens_BPF

@@ -11,6 +11,7 @@ running it every step would cost more than the whole image step on a CPU (PHANTO
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -19,12 +20,13 @@ from monai import transforms as mt
 from torch import nn
 
 from brainvlp.data.shards import decode_volumes, pad_spans, pad_token_ids
+from brainvlp.findings import TUMOR_LOCATIONS
 from brainvlp.losses import total_loss
 from brainvlp.losses.scoring import pad_sentences
 from brainvlp.models import DualEncoder
 from brainvlp.train.config import AugmentConfig
 
-BATCH_COLUMNS = ["study_id", "volume", "volume_shape", "input_ids", "sentence_spans"]
+BATCH_COLUMNS = ["study_id", "volume", "volume_shape", "input_ids", "sentence_spans", "findings"]
 # Keys of ``PretrainTask.represent``'s output that describe the image side and the report side.
 IMAGE_KEYS, TEXT_KEYS = ("image_emb", "views"), ("text_emb", "sentences", "sentence_mask")
 
@@ -40,7 +42,14 @@ def collate(batch: dict[str, np.ndarray], pad_id: int = 0) -> dict[str, Any]:
         "attention_mask": torch.from_numpy(attention_mask),
         "spans": torch.from_numpy(spans),
         "sentence_mask": torch.from_numpy(sentence_mask),
+        "location": torch.tensor([tumor_location_id(f) for f in batch["findings"]], dtype=torch.long),
     }
+
+
+def tumor_location_id(findings_json: str | None) -> int:
+    """Index of the study's ``tumor_location`` finding in ``TUMOR_LOCATIONS``; -1 when unknown."""
+    value = json.loads(findings_json).get("tumor_location") if findings_json else None
+    return TUMOR_LOCATIONS.index(value) if value in TUMOR_LOCATIONS else -1
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -131,6 +140,8 @@ class PretrainTask(nn.Module):
         if "sentences" in needs:
             out["sentences"] = self.model.project_sentences(sentences_BSH.to(dtype))
             out["sentence_mask"] = batch["sentence_mask"]
+        if "location" in needs:
+            out["location"] = batch["location"]
         if "itg" in needs:
             ids, mask = batch["input_ids"], batch["attention_mask"]
             out["itg_logits"] = self.model.qformer.itg_logits(tokens_BPF, ids, mask)
