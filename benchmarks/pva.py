@@ -172,7 +172,10 @@ def brat_step_share(repeats: int = 3) -> float:
         task(batch)["loss"].backward()
 
     represented = task.represent(batch, task.loss.inputs)
-    inputs = {k: v.detach().float().requires_grad_(v.is_floating_point()) for k, v in represented.items()}
+    inputs = {
+        k: v.detach().float().requires_grad_(True) if v.is_floating_point() else v
+        for k, v in represented.items()
+    }
 
     def loss_only() -> None:
         outputs = task.loss(inputs)
