@@ -12,15 +12,14 @@ from scipy import ndimage
 from brainvlp.data.errors import RejectError
 from brainvlp.data.nifti import (
     VolumeConfig,
-    _aligned_view,
     _output_grid,
     _percentile,
-    _resample,
     load_nifti,
     load_study,
     preprocess_image,
     preprocess_mask,
 )
+from brainvlp.data.resample import aligned_view, resample
 from volumes import CUBE, PHANTOM_SHAPE, RAS_AFFINE, labels, phantom, reject_cases, reoriented, save
 
 SMALL = VolumeConfig(shape=(16, 20, 24))
@@ -264,7 +263,7 @@ def test_axis_aligned_shortcut_matches_full_resampling(codes: str, voxel_mm: flo
     grid = _output_grid(img, VolumeConfig(spacing=(1.0, 1.0, 1.0)))
     grid_to_voxel = np.linalg.solve(img.affine, grid[1])
     full = ndimage.affine_transform(data, grid_to_voxel[:3, :3], grid_to_voxel[:3, 3], grid[0], order=1)
-    assert _aligned_view(data, grid_to_voxel[:3, :3], grid_to_voxel[:3, 3], grid[0]) is not None
-    fast = _resample(data, img.affine, grid, order=1)
+    assert aligned_view(data, grid_to_voxel[:3, :3], grid_to_voxel[:3, 3], grid[0]) is not None
+    fast = resample(data, img.affine, grid, order=1)
     inner = (slice(1, -1),) * 3  # the general path's hard edge may drop a boundary plane to float noise
     np.testing.assert_allclose(fast[inner], full[inner], atol=1e-3)
