@@ -30,8 +30,21 @@ def _free_port() -> int:
 @pytest.fixture
 def ray_head():
     port, dashboard = _free_port(), _free_port()
+    # Every port Ray would otherwise take at a fixed default gets a free one: another Ray on the machine
+    # (a user's, a benchmark's) holds 52365 and 10001, and a head whose dashboard agent cannot bind
+    # answers every submission with "No available agent".
+    own_ports = [
+        f"--{name}={_free_port()}"
+        for name in (
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "metrics-export-port",
+            "runtime-env-agent-port",
+            "ray-client-server-port",
+        )
+    ]
     head = subprocess.Popen(
-        [RAY, "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dashboard}",
+        [RAY, "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dashboard}", *own_ports,
          "--dashboard-host=127.0.0.1", "--num-cpus=2", "--disable-usage-stats"],
         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -55,17 +68,11 @@ def ray_head():
 def test_ray_job_submit_runs_a_pipeline(tmp_path: Path, ray_head: str, tiny_pipeline) -> None:
     spec_file = tmp_path / "tiny.yaml"
     spec_file.write_text(yaml.safe_dump(tiny_pipeline(tmp_path, epochs=2)))
-    for _ in range(30):
-        proc = subprocess.run(
-            [RAY, "job", "submit", "--address", ray_head, "--working-dir", str(REPO), "--",
-             sys.executable, "-m", "jobs.run", str(spec_file)],
-            capture_output=True, text=True, timeout=900,
-        )  # fmt: skip
-        # The head answers `ray job list` before its node's dashboard agent accepts jobs; on a busy
-        # machine that gap lasts seconds, and Ray's own answer is to try again.
-        if proc.returncode == 0 or "No available agent to submit job" not in proc.stdout + proc.stderr:
-            break
-        time.sleep(2)
+    proc = subprocess.run(
+        [RAY, "job", "submit", "--address", ray_head, "--working-dir", str(REPO), "--",
+         sys.executable, "-m", "jobs.run", str(spec_file)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "(ray: cluster)" in proc.stdout  # the job attached to our head instead of starting its own Ray
     run_dir = tmp_path / "runs" / "tiny"
