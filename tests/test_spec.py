@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,33 @@ def test_every_shipped_config_validates(path: Path) -> None:
     assert load_spec(path).kind in ("pipeline", "ingest", "pretrain", "evaluate", "phantom")
 
 
+def _header_overrides(path: Path) -> tuple[str, ...] | None:
+    """The ``--set`` overrides of the CPU-size ``brainvlp run`` command in a config's header comment."""
+    header = "".join(
+        line.lstrip("#").strip().removesuffix("\\") + " "
+        for line in path.read_text().splitlines()
+        if line.startswith("#")
+    )
+    if "brainvlp run" not in header:
+        return None
+    words = shlex.split(header[header.index("brainvlp run") :])
+    return tuple(words[i + 1] for i, word in enumerate(words) if word == "--set")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "pretrain").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_pretrain_config_documents_a_valid_cpu_size(path: Path) -> None:
+    overrides = _header_overrides(path)
+    assert overrides, f"{path.name}: no CPU-size 'brainvlp run ... --set' line in its header"
+    spec = load_spec(path, overrides)
+    assert spec.train.use_gpu is False and spec.data.shards == "runs/quickstart/ingest"
+
+
+def test_float_in_exponent_notation_without_a_dot_is_a_float() -> None:
+    spec = load_spec(QUICKSTART, ("pretrain.train.lr=1e-3", "pretrain.loss.temperature=5E-2"))
+    assert spec.pretrain.train.lr == 1e-3 and spec.pretrain.loss.temperature == 0.05
+    assert "expected float, found 'fast'" in error_of(QUICKSTART, ("pretrain.train.lr=fast",))
+
+
 def test_quickstart_validates_and_links_steps() -> None:
     spec = load_spec(QUICKSTART)
     assert spec.steps == ("phantom", "ingest", "pretrain", "evaluate")
@@ -59,6 +87,8 @@ def test_quickstart_validates_and_links_steps() -> None:
         ("pretrain.loss.temperature=0", "pretrain.loss.temperature", "must be in (0, 10)"),
         ("pretrain.train.num_workers=5", "pretrain.train.batch_size", "does not split evenly over 5"),
         ("kind=pretrian", "kind", "'pretrian' is not one of: phantom, ingest, pretrain"),
+        ("pretrain.loss.name=convirt_sections", "pretrain.model.text.sections", "contrasts two report"),
+        ("pretrain.loss.name=brat", "pretrain.model.qformer", "needs a Q-Former"),
     ],
 )
 def test_errors_name_the_dotted_path(override: str, path: str, fragment: str) -> None:

@@ -12,6 +12,7 @@ Components chosen by name (losses, backbones, ...) are dataclasses deriving from
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -118,10 +119,16 @@ def _convert_sequence(hint: Any, value: Any, path: str) -> Any:
     return tuple(_convert(a, v, _join(path, i)) for i, (a, v) in enumerate(zip(args, value, strict=True)))
 
 
+_EXPONENT_FLOAT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
+
+
 def _convert_scalar(hint: Any, value: Any, path: str) -> Any:
     if hint is Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    # YAML 1.1 reads 1e-3 (no dot in the mantissa) as a string; people write learning rates that way.
+    if hint is float and isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
         return float(value)
     # bool is an int subclass in Python; a YAML `true` must not pass as a number.
     if hint in (int, float) and isinstance(value, bool):
