@@ -18,6 +18,7 @@ from brainvlp.losses import LOSSES, total_loss
 from brainvlp.losses.brat import BratLossConfig
 from brainvlp.losses.clip import ClipLossConfig
 from brainvlp.losses.convirt import ConvirtLossConfig
+from brainvlp.losses.convirt_sections import ConvirtSectionsLossConfig
 from brainvlp.losses.qformer_itc import QFormerItcLossConfig
 from brainvlp.losses.triplet import TripletLossConfig
 
@@ -127,12 +128,13 @@ def _views_and_sentences(gen: torch.Generator) -> dict[str, torch.Tensor]:
     [
         ClipLossConfig(temperature=0.1),
         ConvirtLossConfig(),
+        ConvirtSectionsLossConfig(),
         BratLossConfig(diversity="none", itg_weight=0.0, max_sentences=3),
         BratLossConfig(matching="colbert", diversity="none", itg_weight=0.0, max_sentences=3),
         QFormerItcLossConfig(),
         TripletLossConfig(candidates=7),  # hard negatives: the draw must not differ between runs
     ],
-    ids=["clip", "convirt", "brat", "brat-colbert", "qformer_itc", "triplet"],
+    ids=["clip", "convirt", "convirt_sections", "brat", "brat-colbert", "qformer_itc", "triplet"],
 )
 def test_gathered_two_process_run_equals_global_batch(config: object) -> None:
     """Mean of per-worker losses is the global-batch loss; gradients averaged as DeepSpeed does match."""
@@ -141,6 +143,9 @@ def test_gathered_two_process_run_equals_global_batch(config: object) -> None:
         data = {"image_emb": torch.randn(8, 4, generator=gen, dtype=torch.float64)}
         data["text_emb"] = torch.randn(8, 4, generator=gen, dtype=torch.float64)
         data["location"] = torch.tensor([0, 1, 0, 2, 1, 1, -1, 2])
+        data["section_emb"] = torch.randn(8, 2, 4, generator=gen, dtype=torch.float64)
+        present = [[1, 1], [1, 0], [1, 1], [0, 1], [1, 1], [1, 1], [0, 0], [1, 1]]
+        data["section_mask"] = torch.tensor(present, dtype=torch.bool)
     else:
         data = _views_and_sentences(gen)
     manager = mp.get_context("spawn").Manager()

@@ -76,15 +76,17 @@ def test_evaluate_writes_metrics_and_report(tiny_run) -> None:
 @pytest.mark.parametrize(
     "loss",
     [{"name": "brat", "itg_weight": 0.5}, {"name": "brat", "matching": "colbert", "diversity": "repulsion"},
-     {"name": "qformer_itc", "diversity": "dpp"}, {"name": "triplet"}],
-    ids=["brat", "colbert-repulsion", "qformer_itc-qd", "triplet"],
+     {"name": "qformer_itc", "diversity": "dpp"}, {"name": "triplet"}, {"name": "convirt_sections"}],
+    ids=["brat", "colbert-repulsion", "qformer_itc-qd", "triplet", "convirt_sections"],
 )  # fmt: skip
 def test_every_method_trains_on_two_workers_and_evaluates_with_its_scoring(
     tmp_path: Path, local_ray, tiny_pipeline, loss: dict
 ) -> None:
     spec = tiny_pipeline(tmp_path, num_workers=2, epochs=1)
-    if loss["name"] != "triplet":
+    if loss["name"] in ("brat", "qformer_itc"):
         spec["pretrain"]["model"]["qformer"] = {"num_queries": 4}
+    if loss["name"] == "convirt_sections":
+        spec["pretrain"]["model"]["text"]["sections"] = ["findings", "impression"]
     spec["pretrain"]["loss"] = loss
     spec["pretrain"]["train"]["eval_every"] = 3
     spec_file = tmp_path / "tiny.yaml"
@@ -94,7 +96,9 @@ def test_every_method_trains_on_two_workers_and_evaluates_with_its_scoring(
     history = [json.loads(line) for line in (run_dir / "pretrain" / "metrics.jsonl").read_text().splitlines()]
     assert {k for record in history for k in record if k.endswith("_loss")} == _loss_terms(loss)
     assert all(math.isfinite(record["loss"]) for record in history)
-    scoring = {"qformer_itc": "max_query", "triplet": "dot"}.get(loss["name"], loss.get("matching", "pva"))
+    scoring = {"qformer_itc": "max_query", "triplet": "dot", "convirt_sections": "dot"}.get(
+        loss["name"], loss.get("matching", "pva")
+    )
     assert json.loads((run_dir / "pretrain" / "export" / "model.json").read_text())["scoring"] == scoring
     metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
     assert metrics["details"]["scoring"] == scoring
@@ -103,6 +107,8 @@ def test_every_method_trains_on_two_workers_and_evaluates_with_its_scoring(
 def _loss_terms(loss: dict) -> set[str]:
     if loss["name"] == "triplet":
         return {"triplet_loss"}
+    if loss["name"] == "convirt_sections":
+        return {"contrastive_loss"}
     diversity = loss.get("diversity", "dpp" if loss["name"] == "brat" else "none")
     terms = {"contrastive_loss"} | ({f"{diversity}_loss"} if diversity != "none" else set())
     return terms | ({"itg_loss"} if loss["name"] == "brat" else set())

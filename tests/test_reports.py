@@ -84,14 +84,16 @@ def test_prepare_report_spans_cover_each_sentence(tiny) -> None:
     assert report.sentence_spans[0][0] == 1 and report.sentence_spans[-1][1] == len(report.input_ids) - 1
     assert all(a[1] == b[0] for a, b in zip(report.sentence_spans, report.sentence_spans[1:], strict=False))
     assert report.input_ids == tiny(" ".join(FINDINGS + IMPRESSION))["input_ids"]
+    assert report.sentence_sections == ["findings"] * len(FINDINGS) + ["impression"] * len(IMPRESSION)
 
 
 def test_section_choice_and_order(tiny) -> None:
     impression_first = prepare_report(REPORT, tiny, ReportConfig(sections=("impression", "history")))
     assert impression_first.num_sentences == 3
+    assert impression_first.sentence_sections == ["impression", "impression", "history"]
     assert impression_first.input_ids == tiny(" ".join([*IMPRESSION, "Headache."]))["input_ids"]
     whole = prepare_report("No acute intracranial abnormality. Normal ventricles.", tiny, ReportConfig())
-    assert whole.num_sentences == 2
+    assert whole.num_sentences == 2 and whole.sentence_sections == ["report", "report"]
 
 
 def test_truncation_by_sentences_and_tokens(tiny) -> None:

@@ -27,7 +27,7 @@ def shard_row(study: str, volume: np.ndarray) -> dict:
         "study_id": study, "patient_pid": "p" + study, "split": "train", "fold": 0,
         "volume": volume.tobytes(), "volume_shape": list(volume.shape), "spacing": [1.0, 1.0, 1.0],
         "present": [True, False], "mask": None, "input_ids": [2, 7, 9, 3],
-        "sentence_spans": [[1, 3]], "truncated": False, "findings": "{}",
+        "sentence_spans": [[1, 3]], "sentence_sections": ["findings"], "truncated": False, "findings": "{}",
     }  # fmt: skip
 
 

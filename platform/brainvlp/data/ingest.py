@@ -107,6 +107,7 @@ def _study_row(task: Mapping[str, Any], spec: IngestSpec, tokenizer: Any) -> dic
         "mask": None if study.mask is None else np.ascontiguousarray(study.mask, dtype=np.uint8).tobytes(),
         "input_ids": report.input_ids,
         "sentence_spans": [list(span) for span in report.sentence_spans],
+        "sentence_sections": report.sentence_sections,
         "truncated": report.truncated,
         "findings": task["findings"],
     }

@@ -41,6 +41,9 @@ _SECTION_ALIASES = {
     "addendum": ("addendum",),
 }
 _CANONICAL = {alias: key for key, aliases in _SECTION_ALIASES.items() for alias in aliases}
+# Every section a sentence can come from, in a fixed order: shards store a sentence's section by name and
+# batches carry its index here. "preamble" is text before the first header, "report" a headerless report.
+SECTION_KEYS = (*_SECTION_ALIASES, "preamble", "report")
 
 
 def _alternation(names: list[str]) -> str:
@@ -118,10 +121,12 @@ class ReportConfig:
 
 @dataclass
 class TokenizedReport:
-    """One report as one token sequence; ``sentence_spans[i]`` is sentence i's ``[start, end)``."""
+    """One report as one token sequence; ``sentence_spans[i]`` is sentence i's ``[start, end)`` and
+    ``sentence_sections[i]`` the section it comes from (a ``SECTION_KEYS`` entry)."""
 
     input_ids: list[int]
     sentence_spans: list[tuple[int, int]]
+    sentence_sections: list[str]
     num_sentences: int
     truncated: bool
 
@@ -140,16 +145,12 @@ def prepare_report(
     if not text.strip():
         raise RejectError("empty_report", "report text is blank")
     sections = split_sections(text)
-    kept = (
-        [sections["report"]]
-        if "report" in sections
-        else [sections[s] for s in config.sections if s in sections]
-    )
-    sentences = [sentence for section in kept for sentence in split_sentences(section)]
-    if not sentences:
+    kept = ["report"] if "report" in sections else [name for name in config.sections if name in sections]
+    labelled = [(sentence, name) for name in kept for sentence in split_sentences(sections[name])]
+    if not labelled:
         raise RejectError("empty_report", f"no sentences in sections {', '.join(config.sections)}")
-    truncated = len(sentences) > config.max_sentences
-    sentences = sentences[: config.max_sentences]
+    truncated = len(labelled) > config.max_sentences
+    sentences = [sentence for sentence, _ in labelled[: config.max_sentences]]
     # Sentence character starts in the joined text locate each token's sentence by bisection.
     starts = [0]
     for sentence in sentences[:-1]:
@@ -177,4 +178,5 @@ def prepare_report(
     input_ids = lead + [ids[token] for token in content[:budget]] + tail
     # Sentences that produced no token (e.g. only characters the normaliser strips) have no span.
     sentence_spans = [tuple(spans[i]) for i in sorted(spans)]
-    return TokenizedReport(input_ids, sentence_spans, len(sentence_spans), truncated)
+    sentence_sections = [labelled[i][1] for i in sorted(spans)]
+    return TokenizedReport(input_ids, sentence_spans, sentence_sections, len(sentence_spans), truncated)

@@ -16,6 +16,7 @@ A shard directory holds:
   mask           binary (nullable)      uint8 D x H x W lesion mask on the volume's grid
   input_ids      list<int32>            the whole report tokenised once, [CLS] ... [SEP]
   sentence_spans list<list<int32>>      per sentence, [start, end) into input_ids
+  sentence_sec.. list<string>           per sentence, its report section (``reports.SECTION_KEYS``)
   truncated      bool                   sentences or tokens were cut
   findings       string                 structured findings as JSON (brainvlp.findings), or ""
   ============== ====================== =====================================================
@@ -41,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-FORMAT = "brainvlp-shards/1"
+FORMAT = "brainvlp-shards/2"  # 2: sentence_sections
 
 SCHEMA = pa.schema(
     [
@@ -56,6 +57,7 @@ SCHEMA = pa.schema(
         ("mask", pa.binary()),
         ("input_ids", pa.list_(pa.int32())),
         ("sentence_spans", pa.list_(pa.list_(pa.int32()))),
+        ("sentence_sections", pa.list_(pa.string())),
         ("truncated", pa.bool_()),
         ("findings", pa.string()),
     ]
@@ -103,7 +105,10 @@ def read_index(shard_dir: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} not found: is {shard_dir} the output directory of an ingest job?")
     index = json.loads(path.read_text())
     if index.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {index.get('format')!r}, expected {FORMAT!r}")
+        raise ValueError(
+            f"{path}: format {index.get('format')!r}, expected {FORMAT!r}; re-run the ingest job to rewrite "
+            "the shards in the current format"
+        )
     return index
 
 

@@ -1,6 +1,16 @@
 """Losses, one family per file, each registered by name in ``LOSSES``."""
 
-from brainvlp.losses import brat, clip, convirt, qformer_itc, triplet
+from brainvlp.losses import brat, clip, convirt, convirt_sections, qformer_itc, triplet
 from brainvlp.losses.base import LOSSES, LossConfig, total_loss
 
-__all__ = ["LOSSES", "LossConfig", "brat", "clip", "convirt", "qformer_itc", "total_loss", "triplet"]
+__all__ = [
+    "LOSSES",
+    "LossConfig",
+    "brat",
+    "clip",
+    "convirt",
+    "convirt_sections",
+    "qformer_itc",
+    "total_loss",
+    "triplet",
+]

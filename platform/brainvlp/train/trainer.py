@@ -16,7 +16,7 @@ from ray.train import CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from brainvlp.data.shards import read_index, split_files
-from brainvlp.losses import LossConfig
+from brainvlp.losses import LOSSES, LossConfig
 from brainvlp.losses.clip import ClipLossConfig
 from brainvlp.models import ModelConfig
 from brainvlp.spec import SpecError, to_plain
@@ -38,6 +38,18 @@ class PretrainSpec:
     loss: LossConfig = field(default_factory=ClipLossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+
+    def validate(self, path: str) -> None:
+        inputs = LOSSES.build(self.loss).inputs
+        if "sections" in inputs and len(self.model.text.sections) != 2:
+            raise SpecError(
+                f"{path}.model.text.sections".lstrip("."),
+                f"loss {self.loss.name!r} contrasts two report sections; set e.g. [findings, impression], "
+                f"found {list(self.model.text.sections)}",
+            )
+        if inputs & {"views", "itg"} and self.model.qformer is None:
+            message = f"loss {self.loss.name!r} needs a Q-Former; set model.qformer"
+            raise SpecError(f"{path}.model.qformer".lstrip("."), message)
 
 
 def check_against_shards(spec: PretrainSpec, index: dict[str, Any]) -> None:
