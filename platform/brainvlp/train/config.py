@@ -32,6 +32,9 @@ class DataConfig:
     shuffle_buffer: int = 256  # rows in each worker's local shuffle buffer
     # Keep the decoded training split in Ray's object store across epochs (small data sets only).
     materialize: bool = False
+    # SeLIP: regroup each worker's rows so that no report text repeats within a micro-batch
+    # (brainvlp.data.sampler); rows that cannot be placed are dropped and counted per epoch.
+    unique_reports: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -48,7 +51,8 @@ class TrainConfig:
     text_lr: float | None = None  # the text encoder's own rate (brat: 5e-5 against 5e-4); None: lr
     weight_decay: float = 0.05
     warmup_steps: int = 0
-    schedule: Literal["cosine", "constant"] = "cosine"
+    schedule: Literal["cosine", "constant", "poly"] = "cosine"
+    poly_power: float = 0.9  # "poly": lr * (1 - progress) ** poly_power after warm-up (SeLIP Eq. 15)
     log_every: int = 10
     eval_every: int | None = None  # steps between dev-split retrieval evaluations; None: never
     # Which weights the export holds: the last step's, or those with the best mean dev R@5.
@@ -67,6 +71,8 @@ class TrainConfig:
             raise SpecError(f"{path}.select", f"{self.select!r} needs train.eval_every to be set")
         if self.epochs < 1:
             raise SpecError(f"{path}.epochs", f"must be >= 1, found {self.epochs}")
+        if self.poly_power <= 0:
+            raise SpecError(f"{path}.poly_power", f"must be > 0, found {self.poly_power}")
 
 
 @dataclass

@@ -18,8 +18,12 @@ from torch import nn
 from brainvlp.train.config import DeepSpeedConfig, TrainConfig
 
 
-def lr_lambda(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """Linear warm-up, then constant or cosine decay to zero at ``total_steps``."""
+def lr_lambda(
+    schedule: str, warmup_steps: int, total_steps: int, poly_power: float = 0.9
+) -> Callable[[int], float]:
+    """Linear warm-up, then constant, cosine decay or polynomial decay (SeLIP Eq. 15:
+    ``(1 - progress) ** poly_power``) to zero at ``total_steps``; progress counts the steps after warm-up.
+    """
 
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -27,6 +31,8 @@ def lr_lambda(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[i
         if schedule == "constant":
             return 1.0
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        if schedule == "poly":
+            return (1.0 - progress) ** poly_power
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return factor
@@ -72,7 +78,7 @@ class Engine:
     ) -> None:
         optimizer = torch.optim.AdamW(param_groups(module, train), weight_decay=train.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_lambda(train.schedule, train.warmup_steps, total_steps)
+            optimizer, lr_lambda(train.schedule, train.warmup_steps, total_steps, train.poly_power)
         )
         self.config = deepspeed_config(ds, micro_batch, torch.cuda.is_available() and train.use_gpu)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(

@@ -8,12 +8,14 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import ray.train
 import torch
 
+from brainvlp.data.sampler import SamplerStats, unique_report_batches
 from brainvlp.distributed import gather_features
 from brainvlp.export import save_export
 from brainvlp.losses import LOSSES
@@ -75,13 +77,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     shard, best = ray.train.get_dataset_shard("train"), BestWeights(spec.train.select)
     step, start, history = 0, time.perf_counter(), []
     for epoch in range(spec.train.epochs):
-        batches = shard.iter_torch_batches(
-            batch_size=micro_batch,
-            collate_fn=collate_fn,
-            drop_last=True,
-            local_shuffle_buffer_size=spec.data.shuffle_buffer or None,
-            local_shuffle_seed=spec.train.seed + epoch,
-        )
+        batches, sampled = _epoch_batches(shard, spec, epoch, micro_batch, collate_fn)
+        if sampled is not None and world_size > 1:
+            batches = _in_lockstep(batches, engine.device)
         for batch in batches:
             outputs = engine(to_device(batch, engine.device))
             engine.backward(outputs["loss"])
@@ -104,9 +102,45 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     _print_progress(metrics, steps, elapsed)
             if step >= steps:
                 break
+        if sampled is not None and sampled.dropped and rank == 0:
+            sys.stdout.write(
+                f"epoch {epoch}: unique-report sampler dropped {sampled.dropped} rows on rank 0\n"
+            )
+            sys.stdout.flush()
         if step >= steps:
             break
     _final_checkpoint(engine, spec, index, history, best)
+
+
+def _epoch_batches(
+    shard: Any, spec: Any, epoch: int, micro_batch: int, collate_fn: Callable
+) -> tuple[Iterable[dict[str, Any]], SamplerStats | None]:
+    """One epoch's collated micro-batches; with ``data.unique_reports`` regrouped so that no report repeats
+    within a batch, plus the sampler's counts (None without it)."""
+    shuffle = {
+        "local_shuffle_buffer_size": spec.data.shuffle_buffer or None,
+        "local_shuffle_seed": spec.train.seed + epoch,
+    }
+    if not spec.data.unique_reports:
+        kwargs = {"batch_size": micro_batch, "collate_fn": collate_fn, "drop_last": True, **shuffle}
+        return shard.iter_torch_batches(**kwargs), None
+    stats = SamplerStats()
+    rows = shard.iter_batches(batch_format="numpy", batch_size=micro_batch, **shuffle)
+    return map(collate_fn, unique_report_batches(rows, micro_batch, stats)), stats
+
+
+def _in_lockstep(batches: Iterable[Any], device: torch.device) -> Iterator[Any]:
+    """Stop the epoch on every rank as soon as one rank runs out of batches. Every step is collective, and
+    unique-report batching can leave ranks with different batch counts (streaming_split only makes the
+    row counts equal)."""
+    found = iter(batches)
+    while True:
+        batch = next(found, None)
+        more = torch.tensor([batch is not None], dtype=torch.int32, device=device)
+        torch.distributed.all_reduce(more, op=torch.distributed.ReduceOp.MIN)
+        if not more.item():
+            return
+        yield batch
 
 
 def _print_progress(metrics: dict[str, Any], steps: int, elapsed: float) -> None:
