@@ -26,9 +26,11 @@ from brainvlp.findings import (
     LESION_COUNT_BUCKETS,
     LOCATIONS,
     MASS_BUCKETS,
+    NORMAL_CLAUSE,
     SIDES,
     TUMOR_LOCATIONS,
     positive_findings,
+    study_clauses,
 )
 
 CONFIG = PhantomConfig(
@@ -98,8 +100,10 @@ def test_manifest_reports_and_findings_agree(dataset: Path) -> None:
         assert row["report"] == reports[row["study_id"]]
         assert "FINDINGS:\n" in row["report"] and "\n\nIMPRESSION:\n" in row["report"]
         parsed = json.loads(row["findings"])
-        assert list(parsed) == list(FINDING_COLUMNS)
+        assert list(parsed) == [*FINDING_COLUMNS, "clauses"]
+        assert parsed["clauses"] and study_clauses(parsed) == parsed["clauses"]
         flat = findings[row["study_id"]]
+        assert list(flat) == ["study_id", *FINDING_COLUMNS]
         assert flat["locations"] == ";".join(parsed["locations"])
         assert flat["midline_shift"] == str(parsed["midline_shift"]).lower()
         assert set(parsed["locations"]) <= set(LOCATIONS) and parsed["side"] in SIDES
@@ -215,6 +219,68 @@ def test_findings_rules() -> None:
     assert shifted["midline_shift"] and shifted["tumor_location"] == "transtentorial"
     assert shifted["side"] == "left" and shifted["largest_mass_bucket"] == ">2cm"
     assert not study_findings([_lesion("cerebellum", 3.0, oedema=True)], False, False)["midline_shift"]
+
+
+def _clause_location(clause: dict[str, str]) -> str:
+    """A clause's side and site back in report words, e.g. "left frontal lobe" or "cerebellum"."""
+    return clause["site"] if clause["side"] == "none" else f"{clause['side']} {clause['site']}"
+
+
+def test_every_phantom_study_has_clauses_that_match_its_lesions(studies: list) -> None:
+    for study in studies:
+        findings, lesions = study.findings, study.lesions
+        clauses = study_clauses(findings)
+        extra = int(findings["white_matter_disease"]) + int(findings["prior_surgery"])
+        if not lesions and not extra:
+            assert clauses == [NORMAL_CLAUSE]
+            continue
+        assert NORMAL_CLAUSE not in clauses and len(clauses) == len(lesions) + extra
+        lesion_clauses = clauses[: len(lesions)]
+        for lesion, clause in zip(lesions, lesion_clauses, strict=True):
+            assert _clause_location(clause) == LOCATION_WORDS[lesion.location]
+            assert clause["side"] in ("left", "right", "none") and "left" not in clause["site"]
+            assert clause["modality"] == ("T1 post-contrast" if lesion.enhancing else "FLAIR")
+            assert clause["appearance"].endswith("oedema") == lesion.oedema
+        assert {_clause_location(c) for c in lesion_clauses} == {
+            LOCATION_WORDS[loc] for loc in findings["locations"]
+        }
+        for clause in clauses[len(lesions) :]:  # the cavity clause names where the report puts it
+            assert clause["appearance"] != "resection cavity" or _clause_location(clause) in study.report
+    assert any(not study.lesions for study in studies) and any(study.lesions for study in studies)
+
+
+def test_phantom_clause_rules() -> None:
+    necrotic = Lesion("left_frontal_lobe", (2.4, 2.0, 2.0), enhancing=True, oedema=True)
+    small = Lesion("right_basal_ganglia_thalamus", (0.6, 0.5, 0.5), enhancing=True, oedema=False)
+    findings = study_findings(
+        [necrotic, _lesion("cerebellum"), small], True, True, cavity=("right_parietal_lobe", 1.2)
+    )
+    assert findings["clauses"] == [
+        {
+            "modality": "T1 post-contrast",
+            "side": "left",
+            "site": "frontal lobe",
+            "appearance": "rim-enhancing necrotic mass with surrounding oedema",
+        },
+        {"modality": "FLAIR", "side": "none", "site": "cerebellum", "appearance": "non-enhancing lesion"},
+        {
+            "modality": "T1 post-contrast",
+            "side": "right",
+            "site": "thalamus/basal ganglia",
+            "appearance": "enhancing mass",
+        },
+        {"modality": "FLAIR", "side": "right", "site": "parietal lobe", "appearance": "resection cavity"},
+        {
+            "modality": "FLAIR",
+            "side": "bilateral",
+            "site": "periventricular white matter",
+            "appearance": "hyperintensities",
+        },
+    ]
+    assert study_findings([], False, False)["clauses"] == [NORMAL_CLAUSE]
+    assert study_findings([], True, False)["clauses"][0]["appearance"] == "hyperintensities"
+    with pytest.raises(ValueError, match="cavity"):
+        study_findings([necrotic], False, True)
 
 
 def test_config_is_validated() -> None:

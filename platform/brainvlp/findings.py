@@ -9,14 +9,21 @@ A study's findings are a JSON object with these keys (all optional; absent means
 - ``locations``: list of ``LOCATIONS`` containing lesions (multi-label)
 - ``midline_shift``, ``white_matter_disease``, ``prior_surgery``: bool
 - ``tumor_location``: one of ``TUMOR_LOCATIONS``
+- ``clauses``: list of ``{"modality", "side", "site", "appearance"}`` objects, one per abnormality (SeLIP,
+  METHODS 1.2 and 3): string fields, ``side`` one of ``CLAUSE_SIDES`` (``"none"`` for midline or
+  unlateralised sites), ``site`` without the side (``"frontal lobe"``, not ``"left frontal lobe"``). A study
+  with no abnormality carries ``[NORMAL_CLAUSE]`` rather than ``[]``: SeLIP treats the healthy description as
+  text too, so two normal studies are similar to each other instead of similar to nothing.
 
 ``positive_findings`` turns them into the set of positive labels that the finding-based retrieval metrics
-(P@5(F), R@5(F)) compare.
+(P@5(F), R@5(F)) compare (clauses are not among them: they feed SeLIP's soft targets, not retrieval labels).
+``study_clauses`` validates and returns the clauses, ``clause_text`` phrases one the way SeLIP compares them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 LOCATIONS = (
@@ -39,6 +46,12 @@ SIDES = ("NA", "left", "right", "bilateral")
 TUMOR_LOCATIONS = ("NA", "supratentorial", "infratentorial", "transtentorial")
 BOOLEAN_FINDINGS = ("enhancing_lesion", "midline_shift", "white_matter_disease", "prior_surgery")
 _NEGATIVE_VALUES = {"NA", "none"}
+CLAUSE_FIELDS = ("modality", "side", "site", "appearance")
+CLAUSE_SIDES = ("left", "right", "bilateral", "none")
+# The clause of a study without any abnormality (see the module docstring for why it is not an empty list).
+NORMAL_CLAUSE: Mapping[str, str] = MappingProxyType(
+    {"modality": "all sequences", "side": "none", "site": "brain", "appearance": "no abnormality"}
+)
 
 
 def positive_findings(findings: Mapping[str, Any] | None) -> frozenset[str]:
@@ -57,3 +70,42 @@ def positive_findings(findings: Mapping[str, Any] | None) -> frozenset[str]:
         if value is not None and value not in _NEGATIVE_VALUES:
             labels.add(f"{prefix}:{value}")
     return frozenset(labels)
+
+
+def _validated_clause(clause: Any, where: str) -> dict[str, str]:
+    """The clause's four fields as a plain dict; ``where`` names it in errors (e.g. ``"clause 2"``)."""
+    if not isinstance(clause, Mapping):
+        raise ValueError(
+            f"{where}: expected an object with fields {CLAUSE_FIELDS}, got {type(clause).__name__}"
+        )
+    for field in CLAUSE_FIELDS:
+        if field not in clause:
+            raise ValueError(f"{where}: missing field {field!r} (need {', '.join(CLAUSE_FIELDS)})")
+        value = clause[field]
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{where}: field {field!r} must be a non-empty string, got {value!r}")
+    if clause["side"] not in CLAUSE_SIDES:
+        raise ValueError(f"{where}: field 'side' must be one of {CLAUSE_SIDES}, got {clause['side']!r}")
+    return {field: clause[field] for field in CLAUSE_FIELDS}
+
+
+def clause_text(clause: Mapping[str, str]) -> str:
+    """SeLIP's phrasing of one clause, the text its Dice coefficient compares (the side word is left out
+    for side ``"none"``, so unlateralised sites read naturally: "at brainstem", not "at none brainstem")."""
+    checked = _validated_clause(clause, "clause")
+    place = checked["site"] if checked["side"] == "none" else f"{checked['side']} {checked['site']}"
+    return f"In modal {checked['modality']}, at {place}, the appearance is {checked['appearance']}."
+
+
+def study_clauses(findings: Mapping[str, Any] | None) -> list[dict[str, str]]:
+    """The study's validated clauses (``[]`` when absent, i.e. unknown), each with exactly the four fields.
+
+    Raises ``ValueError`` naming the clause index and field for malformed input, so a bad export fails at
+    loading rather than silently weakening the SeLIP targets.
+    """
+    clauses = (findings or {}).get("clauses")
+    if clauses is None:
+        return []
+    if not isinstance(clauses, list):
+        raise ValueError(f"findings 'clauses' must be a list of objects, got {type(clauses).__name__}")
+    return [_validated_clause(clause, f"clause {index}") for index, clause in enumerate(clauses)]

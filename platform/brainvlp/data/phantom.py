@@ -10,8 +10,8 @@
     manifest.csv                     patient_id, study_id, <path column per sequence>, mask, report, findings
 
 Paths in the manifest are relative to its folder; ``report`` is the inline (multi-line, quoted) text and
-``findings`` the compact JSON object of ``brainvlp.findings``. Ids look like hospital ones (``MRN0012345``,
-``ACC000123``) so pseudonymisation has something to hide.
+``findings`` the compact JSON object of ``brainvlp.findings`` (findings.csv leaves out its ``clauses``). Ids
+look like hospital ones (``MRN0012345``, ``ACC000123``) so pseudonymisation has something to hide.
 
 Anatomy comes from the MNI152 template (``phantom_anatomy``), text from the same drawn findings
 (``phantom_reports``). Lesion-free studies (``1 - lesion_probability``) are fully normal: no white-matter
@@ -275,14 +275,15 @@ def simulate_study(config: PhantomConfig, record: StudyRecord) -> SimulatedStudy
     lesions = [lesion for lesion, _ in plan.drawn]
     mask, labels = _label_maps(template, plan.drawn)
     images, subject_mask = _render(config, template, record, plan, mask)
+    cavity = None if plan.cavity is None else plan.cavity[0]
     report = write_report(
         lesions,
         white_matter_disease=plan.white_matter_disease,
-        cavity=None if plan.cavity is None else plan.cavity[0],
+        cavity=cavity,
         shift_mm=plan.shift_mm,
         rng=_rng(config.seed, _TEXT, record.index),
     )
-    findings = study_findings(lesions, plan.white_matter_disease, plan.cavity is not None)
+    findings = study_findings(lesions, plan.white_matter_disease, cavity is not None, cavity=cavity)
     return SimulatedStudy(record, lesions, findings, report, images, subject_mask, labels)
 
 
@@ -365,7 +366,7 @@ def generate_phantom(config: PhantomConfig, out_dir: str | os.PathLike) -> Phant
         manifest.append(_write_study(study, config, out, affine))
         reports.append({"study_id": record.study_id, "report": study.report})
         findings.append(
-            {"study_id": record.study_id, **{k: _csv_value(v) for k, v in study.findings.items()}}
+            {"study_id": record.study_id, **{k: _csv_value(study.findings[k]) for k in FINDING_COLUMNS}}
         )
         lesions += _lesion_rows(study)
     _write_csv(out / "reports.csv", ["study_id", "report"], reports)

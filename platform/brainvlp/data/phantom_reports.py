@@ -11,6 +11,10 @@ Rules (deterministic, so labels are reproducible):
 - ``midline_shift``: a supratentorial lesion with oedema whose largest diameter is >= 2.5 cm.
 - ``tumor_location``: infratentorial = cerebellum/brainstem, supratentorial = everything else, both =
   transtentorial.
+- ``clauses`` (SeLIP): one per lesion in report order, then the resection cavity, then white matter disease
+  (the FINDINGS section's order); ``NORMAL_CLAUSE`` alone when there is none of them. A lesion clause is
+  seen on "T1 post-contrast" when enhancing, else on "FLAIR"; its appearance is a canonical phrase of its
+  kind (the report varies the wording, the clause does not, so equal kinds compare equal).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from brainvlp.findings import LOCATIONS
+from brainvlp.findings import LOCATIONS, NORMAL_CLAUSE
 
 INFRATENTORIAL = frozenset({"cerebellum", "brainstem"})
 LOCATION_WORDS = {
@@ -90,8 +94,52 @@ def _tumor_location(lesions: list[Lesion]) -> str:
     return "infratentorial" if infra == {True} else "supratentorial"
 
 
-def study_findings(lesions: list[Lesion], white_matter_disease: bool, prior_surgery: bool) -> dict[str, Any]:
-    """The study's findings object (schema of ``brainvlp.findings``), key order as documented there."""
+def _side_and_site(location: str) -> tuple[str, str]:
+    """A location as a clause's side and site: ``left_frontal_lobe`` -> ``("left", "frontal lobe")``."""
+    side = location.partition("_")[0]
+    if side in ("left", "right"):
+        return side, LOCATION_WORDS[location].removeprefix(f"{side} ")
+    return "none", LOCATION_WORDS[location]
+
+
+def _clause(modality: str, side: str, site: str, appearance: str) -> dict[str, str]:
+    return {"modality": modality, "side": side, "site": site, "appearance": appearance}
+
+
+def _lesion_clause(lesion: Lesion) -> dict[str, str]:
+    """Enhancement shows on post-contrast T1, non-enhancing lesions on FLAIR (how the phantom paints them)."""
+    if lesion.necrotic:
+        appearance = "rim-enhancing necrotic mass"
+    else:
+        appearance = "enhancing mass" if lesion.enhancing else "non-enhancing lesion"
+    appearance += " with surrounding oedema" if lesion.oedema else ""
+    modality = "T1 post-contrast" if lesion.enhancing else "FLAIR"
+    return _clause(modality, *_side_and_site(lesion.location), appearance)
+
+
+def phantom_clauses(
+    lesions: list[Lesion], white_matter_disease: bool, cavity: tuple[str, float] | None
+) -> list[dict[str, str]]:
+    """SeLIP clauses of a study, in the order the FINDINGS section reports them (see module docstring)."""
+    clauses = [_lesion_clause(lesion) for lesion in lesions]
+    if cavity is not None:
+        clauses.append(_clause("FLAIR", *_side_and_site(cavity[0]), "resection cavity"))
+    if white_matter_disease:
+        clauses.append(_clause("FLAIR", "bilateral", "periventricular white matter", "hyperintensities"))
+    return clauses or [dict(NORMAL_CLAUSE)]
+
+
+def study_findings(
+    lesions: list[Lesion],
+    white_matter_disease: bool,
+    prior_surgery: bool,
+    *,
+    cavity: tuple[str, float] | None = None,
+) -> dict[str, Any]:
+    """The study's findings object (schema of ``brainvlp.findings``), key order as documented there.
+    ``cavity`` is ``(location, diameter_cm)`` as for ``write_report``: its clause needs the site."""
+    if prior_surgery != (cavity is not None):
+        raise ValueError("cavity must be given exactly when prior_surgery is true")
     return {
         "enhancing_lesion": any(lesion.enhancing for lesion in lesions),
         "lesion_count_bucket": _count_bucket(len(lesions)),
@@ -102,6 +150,7 @@ def study_findings(lesions: list[Lesion], white_matter_disease: bool, prior_surg
         "white_matter_disease": white_matter_disease,
         "prior_surgery": prior_surgery,
         "tumor_location": _tumor_location(lesions),
+        "clauses": phantom_clauses(lesions, white_matter_disease, cavity),
     }
 
 
