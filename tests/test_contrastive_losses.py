@@ -3,6 +3,7 @@ for every loss that contrasts across the batch."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -13,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from brainvlp.data.clauses import encode_clauses
 from brainvlp.distributed import gather_features
 from brainvlp.losses import LOSSES, total_loss
 from brainvlp.losses.brat import BratLossConfig
@@ -20,6 +22,7 @@ from brainvlp.losses.clip import ClipLossConfig
 from brainvlp.losses.convirt import ConvirtLossConfig
 from brainvlp.losses.convirt_sections import ConvirtSectionsLossConfig
 from brainvlp.losses.qformer_itc import QFormerItcLossConfig
+from brainvlp.losses.selip import SelipLossConfig
 from brainvlp.losses.triplet import TripletLossConfig
 
 
@@ -111,6 +114,16 @@ def _worker(rank: int, world_size: int, port: int, config: object, data: dict, o
         dist.destroy_process_group()
 
 
+def _clauses() -> dict[str, torch.Tensor]:
+    """Clause tensors of 8 studies, two without clauses (no SeLIP target), the rest of varied lengths."""
+    site = {"modality": "FLAIR", "side": "left", "site": "frontal lobe", "appearance": "lesion"}
+    other = {**site, "side": "right", "site": "posterior fossa", "appearance": "enhancing mass"}
+    studies = [[site], [other], [], [site], [site, other], [other, site, site], [site], []]
+    findings = [json.dumps({"clauses": clauses}) if clauses else "" for clauses in studies]
+    encoded = encode_clauses(findings, [str(i) for i in range(8)])
+    return {key: torch.from_numpy(value) for key, value in encoded.items()}
+
+
 def _views_and_sentences(gen: torch.Generator) -> dict[str, torch.Tensor]:
     mask = torch.rand(8, 3, generator=gen) < 0.6
     mask[:, 0] = True
@@ -133,19 +146,21 @@ def _views_and_sentences(gen: torch.Generator) -> dict[str, torch.Tensor]:
         BratLossConfig(matching="colbert", diversity="none", itg_weight=0.0, max_sentences=3),
         QFormerItcLossConfig(),
         TripletLossConfig(candidates=7),  # hard negatives: the draw must not differ between runs
+        SelipLossConfig(max_clauses=3, max_words=20),
     ],
-    ids=["clip", "convirt", "convirt_sections", "brat", "brat-colbert", "qformer_itc", "triplet"],
+    ids=["clip", "convirt", "convirt_sections", "brat", "brat-colbert", "qformer_itc", "triplet", "selip"],
 )
 def test_gathered_two_process_run_equals_global_batch(config: object) -> None:
     """Mean of per-worker losses is the global-batch loss; gradients averaged as DeepSpeed does match."""
     gen = torch.Generator().manual_seed(4)
-    if isinstance(config, ClipLossConfig | ConvirtLossConfig | TripletLossConfig):
+    if isinstance(config, ClipLossConfig | ConvirtLossConfig | TripletLossConfig | SelipLossConfig):
         data = {"image_emb": torch.randn(8, 4, generator=gen, dtype=torch.float64)}
         data["text_emb"] = torch.randn(8, 4, generator=gen, dtype=torch.float64)
         data["location"] = torch.tensor([0, 1, 0, 2, 1, 1, -1, 2])
         data["section_emb"] = torch.randn(8, 2, 4, generator=gen, dtype=torch.float64)
         present = [[1, 1], [1, 0], [1, 1], [0, 1], [1, 1], [1, 1], [0, 0], [1, 1]]
         data["section_mask"] = torch.tensor(present, dtype=torch.bool)
+        data.update(_clauses())
     else:
         data = _views_and_sentences(gen)
     manager = mp.get_context("spawn").Manager()

@@ -87,6 +87,9 @@ def _bad_studies(images: Path, good: str) -> dict[str, tuple[dict, str]]:
     bad["b-no-patient"] = ({"patient_id": " "}, "missing_patient_id")
     bad["v-ras-gz"] = ({}, "duplicate_study_id")  # the id of a valid study, on a later row
     bad[""] = ({}, "missing_study_id")
+    bad["b-findings-not-json"] = ({"findings": "{enhancing: yes"}, "bad_findings")
+    bad_clause = {"clauses": [{"modality": "FLAIR", "side": "up"}]}
+    bad["b-findings-bad-clause"] = ({"findings": json.dumps(bad_clause)}, "bad_findings")
     return {
         study_id: ({"patient_id": f"{SECRET_ID}-b", "study_id": study_id, "t1c": good, "flair": good,
                     "report": GOOD_REPORT} | fields, reason)

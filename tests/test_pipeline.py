@@ -76,8 +76,9 @@ def test_evaluate_writes_metrics_and_report(tiny_run) -> None:
 @pytest.mark.parametrize(
     "loss",
     [{"name": "brat", "itg_weight": 0.5}, {"name": "brat", "matching": "colbert", "diversity": "repulsion"},
-     {"name": "qformer_itc", "diversity": "dpp"}, {"name": "triplet"}, {"name": "convirt_sections"}],
-    ids=["brat", "colbert-repulsion", "qformer_itc-qd", "triplet", "convirt_sections"],
+     {"name": "qformer_itc", "diversity": "dpp"}, {"name": "triplet"}, {"name": "convirt_sections"},
+     {"name": "selip"}],
+    ids=["brat", "colbert-repulsion", "qformer_itc-qd", "triplet", "convirt_sections", "selip"],
 )  # fmt: skip
 def test_every_method_trains_on_two_workers_and_evaluates_with_its_scoring(
     tmp_path: Path, local_ray, tiny_pipeline, loss: dict
@@ -87,6 +88,9 @@ def test_every_method_trains_on_two_workers_and_evaluates_with_its_scoring(
         spec["pretrain"]["model"]["qformer"] = {"num_queries": 4}
     if loss["name"] == "convirt_sections":
         spec["pretrain"]["model"]["text"]["sections"] = ["findings", "impression"]
+    if loss["name"] == "selip":  # with its sampler and schedule
+        spec["pretrain"]["data"]["unique_reports"] = True
+        spec["pretrain"]["train"].update(schedule="poly", warmup_steps=2)
     spec["pretrain"]["loss"] = loss
     spec["pretrain"]["train"]["eval_every"] = 3
     spec_file = tmp_path / "tiny.yaml"
@@ -96,7 +100,9 @@ def test_every_method_trains_on_two_workers_and_evaluates_with_its_scoring(
     history = [json.loads(line) for line in (run_dir / "pretrain" / "metrics.jsonl").read_text().splitlines()]
     assert {k for record in history for k in record if k.endswith("_loss")} == _loss_terms(loss)
     assert all(math.isfinite(record["loss"]) for record in history)
-    scoring = {"qformer_itc": "max_query", "triplet": "dot", "convirt_sections": "dot"}.get(
+    if loss["name"] == "selip":  # the phantom's clauses reached the loss as soft targets
+        assert all(record["similarity_loss"] > 0 for record in history if "similarity_loss" in record)
+    scoring = {"qformer_itc": "max_query", "triplet": "dot", "convirt_sections": "dot", "selip": "dot"}.get(
         loss["name"], loss.get("matching", "pva")
     )
     assert json.loads((run_dir / "pretrain" / "export" / "model.json").read_text())["scoring"] == scoring
@@ -109,6 +115,8 @@ def _loss_terms(loss: dict) -> set[str]:
         return {"triplet_loss"}
     if loss["name"] == "convirt_sections":
         return {"contrastive_loss"}
+    if loss["name"] == "selip":
+        return {"contrastive_loss", "similarity_loss"}
     diversity = loss.get("diversity", "dpp" if loss["name"] == "brat" else "none")
     terms = {"contrastive_loss"} | ({f"{diversity}_loss"} if diversity != "none" else set())
     return terms | ({"itg_loss"} if loss["name"] == "brat" else set())

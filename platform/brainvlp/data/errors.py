@@ -16,6 +16,7 @@ REJECT_REASONS = (
     "duplicate_study_id",
     "missing_patient_id",
     "missing_study_id",
+    "bad_findings",
 )
 
 

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from brainvlp.data import storage
 from brainvlp.data.errors import RejectError
+from brainvlp.findings import study_clauses
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,20 @@ def _check_columns(path: str, rows: list[dict[str, Any]], required: list[str]) -
         raise ValueError(f"manifest {path}: missing column(s) {missing}; found columns {available}")
 
 
+def check_findings(text: str, where: str) -> None:
+    """Reject findings that are not a JSON object or whose clauses are malformed (training would fail on
+    them much later, in the middle of a run)."""
+    if not text:
+        return
+    try:
+        findings = json.loads(text)
+        if not isinstance(findings, dict):
+            raise ValueError(f"expected a JSON object, found {type(findings).__name__}")
+        study_clauses(findings)
+    except ValueError as err:  # JSONDecodeError is a ValueError; its message holds no cell content
+        raise RejectError("bad_findings", f"{where}: {err}") from None
+
+
 def _resolve(path: str | None, base: str) -> str | None:
     if path is None or path.strip() == "":
         return None
@@ -147,6 +162,7 @@ def read_studies(
                 raise RejectError(
                     "duplicate_study_id", f"same study id as manifest row {seen[task['study_id']]}"
                 )
+            check_findings(task["findings"], f"manifest row {row_number}: {columns.findings!r}")
         except RejectError as err:
             rejects.append(reject_record(task, err))
             continue

@@ -1,6 +1,6 @@
 """Losses, one family per file, each registered by name in ``LOSSES``."""
 
-from brainvlp.losses import brat, clip, convirt, convirt_sections, qformer_itc, triplet
+from brainvlp.losses import brat, clip, convirt, convirt_sections, qformer_itc, selip, triplet
 from brainvlp.losses.base import LOSSES, LossConfig, total_loss
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "convirt",
     "convirt_sections",
     "qformer_itc",
+    "selip",
     "total_loss",
     "triplet",
 ]

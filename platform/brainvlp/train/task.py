@@ -19,11 +19,13 @@ import torch
 from monai import transforms as mt
 from torch import nn
 
+from brainvlp.data.clauses import encode_clauses
 from brainvlp.data.reports import SECTION_KEYS
 from brainvlp.data.shards import decode_volumes, pad_spans, pad_token_ids
 from brainvlp.findings import TUMOR_LOCATIONS
 from brainvlp.losses import total_loss
 from brainvlp.losses.scoring import pad_sentences
+from brainvlp.losses.selip import CLAUSE_KEYS
 from brainvlp.models import DualEncoder
 from brainvlp.models.text import section_tokens
 from brainvlp.train.config import AugmentConfig
@@ -48,6 +50,10 @@ def collate(batch: dict[str, np.ndarray], pad_id: int = 0) -> dict[str, Any]:
         "sentence_mask": torch.from_numpy(sentence_mask),
         "section_ids": section_ids(batch["sentence_sections"], spans.shape[1]),
         "location": torch.tensor([tumor_location_id(f) for f in batch["findings"]], dtype=torch.long),
+        **{
+            key: torch.from_numpy(value)
+            for key, value in encode_clauses(batch["findings"], batch["study_id"]).items()
+        },
     }
 
 
@@ -196,6 +202,8 @@ class PretrainTask(nn.Module):
             out["sentence_mask"] = batch["sentence_mask"]
         if "location" in needs:
             out["location"] = batch["location"]
+        if "clauses" in needs:
+            out.update({key: batch[key] for key in CLAUSE_KEYS})
         if "itg" in needs:
             ids, mask = batch["input_ids"], batch["attention_mask"]
             out["itg_logits"] = self.model.qformer.itg_logits(tokens_BPF, ids, mask)
