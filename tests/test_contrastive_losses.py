@@ -114,6 +114,18 @@ def _worker(rank: int, world_size: int, port: int, config: object, data: dict, o
         dist.destroy_process_group()
 
 
+def _local_features(gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Local image positions and report tokens with their weighted counterparts (pLGG Eq. 2)."""
+    text_mask = torch.arange(4) < torch.tensor([[4], [3], [4], [2], [4], [3], [1], [4]])
+    out = {
+        key: torch.randn(8, 3, 4, generator=gen, dtype=torch.float64)
+        for key in ("image_local", "image_weighted")
+    }
+    for key in ("text_local", "text_weighted"):
+        out[key] = torch.randn(8, 4, 4, generator=gen, dtype=torch.float64) * text_mask[..., None]
+    return out
+
+
 def _clauses() -> dict[str, torch.Tensor]:
     """Clause tensors of 8 studies, two without clauses (no SeLIP target), the rest of varied lengths."""
     site = {"modality": "FLAIR", "side": "left", "site": "frontal lobe", "appearance": "lesion"}
@@ -147,8 +159,19 @@ def _views_and_sentences(gen: torch.Generator) -> dict[str, torch.Tensor]:
         QFormerItcLossConfig(),
         TripletLossConfig(candidates=7),  # hard negatives: the draw must not differ between runs
         SelipLossConfig(max_clauses=3, max_words=20),
+        TripletLossConfig(candidates=7, local_weight=0.5, max_tokens=5),
     ],
-    ids=["clip", "convirt", "convirt_sections", "brat", "brat-colbert", "qformer_itc", "triplet", "selip"],
+    ids=[
+        "clip",
+        "convirt",
+        "convirt_sections",
+        "brat",
+        "brat-colbert",
+        "qformer_itc",
+        "triplet",
+        "selip",
+        "triplet-local",
+    ],
 )
 def test_gathered_two_process_run_equals_global_batch(config: object) -> None:
     """Mean of per-worker losses is the global-batch loss; gradients averaged as DeepSpeed does match."""
@@ -161,6 +184,7 @@ def test_gathered_two_process_run_equals_global_batch(config: object) -> None:
         present = [[1, 1], [1, 0], [1, 1], [0, 1], [1, 1], [1, 1], [0, 0], [1, 1]]
         data["section_mask"] = torch.tensor(present, dtype=torch.bool)
         data.update(_clauses())
+        data.update(_local_features(gen))
     else:
         data = _views_and_sentences(gen)
     manager = mp.get_context("spawn").Manager()

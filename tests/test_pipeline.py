@@ -76,9 +76,9 @@ def test_evaluate_writes_metrics_and_report(tiny_run) -> None:
 @pytest.mark.parametrize(
     "loss",
     [{"name": "brat", "itg_weight": 0.5}, {"name": "brat", "matching": "colbert", "diversity": "repulsion"},
-     {"name": "qformer_itc", "diversity": "dpp"}, {"name": "triplet"}, {"name": "convirt_sections"},
-     {"name": "selip"}],
-    ids=["brat", "colbert-repulsion", "qformer_itc-qd", "triplet", "convirt_sections", "selip"],
+     {"name": "qformer_itc", "diversity": "dpp"}, {"name": "triplet", "local_weight": 1.0},
+     {"name": "convirt_sections"}, {"name": "selip"}],
+    ids=["brat", "colbert-repulsion", "qformer_itc-qd", "triplet-local", "convirt_sections", "selip"],
 )  # fmt: skip
 def test_every_method_trains_on_two_workers_and_evaluates_with_its_scoring(
     tmp_path: Path, local_ray, tiny_pipeline, loss: dict
@@ -86,6 +86,8 @@ def test_every_method_trains_on_two_workers_and_evaluates_with_its_scoring(
     spec = tiny_pipeline(tmp_path, num_workers=2, epochs=1)
     if loss["name"] in ("brat", "qformer_itc"):
         spec["pretrain"]["model"]["qformer"] = {"num_queries": 4}
+    if loss["name"] == "triplet":
+        spec["pretrain"]["model"]["local"] = {"dim": 16}
     if loss["name"] == "convirt_sections":
         spec["pretrain"]["model"]["text"]["sections"] = ["findings", "impression"]
     if loss["name"] == "selip":  # with its sampler and schedule

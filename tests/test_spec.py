@@ -89,6 +89,7 @@ def test_quickstart_validates_and_links_steps() -> None:
         ("kind=pretrian", "kind", "'pretrian' is not one of: phantom, ingest, pretrain"),
         ("pretrain.loss.name=convirt_sections", "pretrain.model.text.sections", "contrasts two report"),
         ("pretrain.loss.name=brat", "pretrain.model.qformer", "needs a Q-Former"),
+        ("pretrain.loss={name: triplet, local_weight: 1}", "pretrain.model.local", "set model.local"),
     ],
 )
 def test_errors_name_the_dotted_path(override: str, path: str, fragment: str) -> None:

@@ -80,3 +80,67 @@ def test_same_location_negatives_are_weighted_by_c() -> None:
 def test_config_errors_name_the_field() -> None:
     with pytest.raises(SpecError, match=r"loss\.same_location_coefficient: must be in \(0, 1\]"):
         parse(TripletLossConfig, {"name": "triplet", "same_location_coefficient": 0}, "loss")
+
+
+def local_data(seed: int) -> dict[str, torch.Tensor]:
+    """Local representations as ``LocalAlignment`` gives them: P image positions, T tokens (some padding)."""
+    gen = torch.Generator().manual_seed(seed)
+    text_mask = torch.arange(4) < torch.tensor([[4], [3], [4], [2], [4], [3]])
+    text, text_weighted = (torch.randn(N, 4, 3, generator=gen, dtype=torch.float64) * text_mask[..., None]
+                           for _ in range(2))  # fmt: skip
+    return {
+        **data(seed),
+        "image_local": torch.randn(N, 2, 3, generator=gen, dtype=torch.float64),
+        "image_weighted": torch.randn(N, 2, 3, generator=gen, dtype=torch.float64),
+        "text_local": text,
+        "text_weighted": text_weighted,
+        "text_mask": text_mask,
+    }
+
+
+@pytest.mark.parametrize(("alpha", "beta"), [(1.0, 1.0), (0.0, 2.0)])
+def test_local_term_matches_reference(alpha: float, beta: float) -> None:
+    """Eq. 2-3 with hard negatives (deterministic): every local representation against its weighted
+    counterpart and back, per modality, flattened; margin 0.4, no location weight."""
+    batch = local_data(3)
+    config = TripletLossConfig(candidates=N - 1, global_weight=alpha, local_weight=beta, max_tokens=6)
+    got = LOSSES.build(config)(batch)["triplet_loss"]
+    every = torch.ones(N, N, dtype=torch.bool) & ~torch.eye(N, dtype=torch.bool)
+    location = batch["location"]
+    global_term = reference_direction(batch["image_emb"], batch["text_emb"], every, location, 0.25, 0.5, True)
+    global_term += reference_direction(
+        batch["text_emb"], batch["image_emb"], every, location, 0.25, 0.5, True
+    )
+    local_term = 0.0
+    for local, weighted in (("image_local", "image_weighted"), ("text_local", "text_weighted")):
+        a, b = batch[local].flatten(1), batch[weighted].flatten(1)
+        local_term += reference_direction(a, b, every, location, 0.4, 1.0, False)
+        local_term += reference_direction(b, a, every, location, 0.4, 1.0, False)
+    assert got.item() == pytest.approx(alpha * global_term + beta * local_term, rel=1e-9)
+
+
+def test_local_term_gradients_and_token_limit() -> None:
+    batch = local_data(4)
+    keys = ("image_local", "image_weighted", "text_local", "text_weighted")
+    loss = LOSSES.build(TripletLossConfig(candidates=N - 1, local_weight=1.0, max_tokens=4))
+    assert "local" in loss.inputs
+
+    def value(*tensors):
+        return loss({**batch, **dict(zip(keys, tensors, strict=True))})["triplet_loss"]
+
+    assert torch.autograd.gradcheck(value, tuple(batch[k].clone().requires_grad_(True) for k in keys))
+    with pytest.raises(ValueError, match=r"4 tokens but loss\.max_tokens is 3"):
+        LOSSES.build(TripletLossConfig(local_weight=1.0, max_tokens=3))(batch)
+
+
+def test_local_alignment_module_masks_padding_and_attends_row_stochastically() -> None:
+    from brainvlp.models.local_align import LocalAlignConfig, LocalAlignment
+
+    torch.manual_seed(0)
+    module = LocalAlignment(LocalAlignConfig(dim=8, num_heads=2), image_dim=5, text_dim=7)
+    content = torch.tensor([[False, True, True, False], [False, True, False, False]])
+    out = module(torch.randn(2, 3, 5), torch.randn(2, 4, 7), content)
+    assert out["image_weighted"].shape == (2, 3, 8) and out["text_weighted"].shape == (2, 4, 8)
+    assert (out["text_local"][~content] == 0).all() and (out["text_weighted"][~content] == 0).all()
+    torch.testing.assert_close(out["image_attn"].sum(-1), torch.ones(2, 3))
+    assert (out["image_attn"][~content[:, None, :].expand(2, 3, 4)] == 0).all()  # no attention to padding

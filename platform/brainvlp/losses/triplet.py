@@ -11,7 +11,16 @@ sampling, k = 2 in the paper; k >= G - 1 takes the hardest). With cosine distanc
 m = 0.25 and c = 0.5; ``location_weight: false`` sets w = 1, as the authors' released code does. The loss is
 the mean over anchors of each direction, summed over the two directions (Eq. 1 sums over the batch; the
 mean keeps the scale independent of the batch size). Locations are integer ids (``location``, -1 unknown,
-which matches nothing). The paper's local cross-attention term (Eq. 2) is not implemented yet.
+which matches nothing).
+
+Local term (Eq. 2), on when ``local_weight`` (beta) > 0: for each modality, the local representation of
+item j (image positions or report tokens, flattened into one vector; ``brainvlp.models.local_align``) and
+its cross-attention-weighted counterpart form a positive pair; as anchors in turn, each meets a negative
+drawn the same semi-hard way among the other items' counterparts (resp. local representations), without
+location weighting, margin 0.4 as in the reference code. The four terms' means are summed. Report tokens
+are padded to ``max_tokens`` before flattening, so that every worker gathers one shape; zero padding
+changes no cosine. Total = alpha global + beta local (Eq. 3); the paper trains alpha and beta without
+saying what keeps them from collapsing to 0, so here they are fixed weights (searchable with tune).
 """
 
 from __future__ import annotations
@@ -33,6 +42,10 @@ class TripletLossConfig(LossConfig):
     candidates: int = 2  # random negatives per anchor, the nearest kept; >= G - 1: hard negatives
     location_weight: bool = True  # Eq. 1; false reproduces the reference code (w = 1)
     same_location_coefficient: float = 0.5  # the paper's c
+    global_weight: float = 1.0  # alpha of Eq. 3
+    local_weight: float = 0.0  # beta of Eq. 3; > 0 needs model.local
+    local_margin: float = 0.4  # the reference code's margin for the local term
+    max_tokens: int = 256  # report tokens the local term pads to (ingest's report.max_tokens)
 
     def validate(self, path: str) -> None:
         if self.candidates < 1:
@@ -42,8 +55,9 @@ class TripletLossConfig(LossConfig):
                 f"{path}.same_location_coefficient",
                 f"must be in (0, 1], found {self.same_location_coefficient}",
             )
-        if self.margin < 0:
-            raise SpecError(f"{path}.margin", f"must be >= 0, found {self.margin}")
+        for field in ("margin", "local_margin", "global_weight", "local_weight"):
+            if getattr(self, field) < 0:
+                raise SpecError(f"{path}.{field}", f"must be >= 0, found {getattr(self, field)}")
 
 
 def candidate_mask(
@@ -57,45 +71,92 @@ def candidate_mask(
     return torch.zeros_like(keys_BG, dtype=torch.bool).scatter_(1, chosen_BK, True)
 
 
+def semi_hard_triplet(
+    dist_BG: torch.Tensor,
+    match_B: torch.Tensor,
+    candidates: int,
+    margin: float,
+    generator: torch.Generator | None,
+    weight_BG: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean over anchors of ReLU(d(a, p) - w d(a, n) + m): p the anchor's match, n the nearest of
+    ``candidates`` random non-matching candidates (chosen without gradient), w the chosen negative's entry
+    of ``weight_BG`` (1 without it)."""
+    candidates_BG = candidate_mask(match_B, dist_BG.shape[1], candidates, generator)
+    negative_B1 = dist_BG.detach().masked_fill(~candidates_BG, float("inf")).argmin(dim=1, keepdim=True)
+    positive_dist_B = dist_BG.gather(1, match_B[:, None]).squeeze(1)
+    negative_dist_B = dist_BG.gather(1, negative_B1).squeeze(1)
+    weight_B = 1.0 if weight_BG is None else weight_BG.gather(1, negative_B1).squeeze(1)
+    return F.relu(positive_dist_B - weight_B * negative_dist_B + margin).mean()
+
+
 @LOSSES.register("triplet", config=TripletLossConfig)
 class TripletLoss(nn.Module):
     scoring = "dot"
-    inputs = frozenset({"global", "location"})
 
     def __init__(
         self, config: TripletLossConfig, *, rank: int = 0, world_size: int = 1, gather: Gather = no_gather
     ) -> None:
         super().__init__()
         self.config, self.rank, self.gather = config, rank, gather
-        self.generator: torch.Generator | None = (
-            None  # tests fix the candidate draw; training uses torch's RNG
-        )
+        self.inputs = frozenset({"global", "location"} | ({"local"} if config.local_weight > 0 else set()))
+        self.generator: torch.Generator | None = None  # tests fix the candidate draw; training uses torch's
 
     def forward(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        config = self.config
         image_BD = F.normalize(outputs["image_emb"], dim=-1)
         text_BD = F.normalize(outputs["text_emb"], dim=-1)
         location_B = outputs["location"]
         image_GD, text_GD = self.gather(image_BD), self.gather(text_BD)
         location_G = self.gather(location_B.to(image_BD.dtype)).round().long()
         match_B = torch.arange(image_BD.shape[0], device=image_BD.device) + self.rank * image_BD.shape[0]
-        image_anchor = self._direction(1 - image_BD @ text_GD.T, match_B, location_B, location_G)
-        text_anchor = self._direction(1 - text_BD @ image_GD.T, match_B, location_B, location_G)
-        return {
-            "triplet_loss": image_anchor + text_anchor,
-            "image_anchor": image_anchor.detach(),
-            "text_anchor": text_anchor.detach(),
-        }
+        image_anchor = self._global(1 - image_BD @ text_GD.T, match_B, location_B, location_G)
+        text_anchor = self._global(1 - text_BD @ image_GD.T, match_B, location_B, location_G)
+        out = {"image_anchor": image_anchor.detach(), "text_anchor": text_anchor.detach()}
+        total = config.global_weight * (image_anchor + text_anchor)
+        if config.local_weight > 0:
+            out["local"] = self._local(outputs, match_B)
+            total = total + config.local_weight * out["local"]
+            out["local"] = out["local"].detach()
+        return {"triplet_loss": total, **out}
 
-    def _direction(
+    def _global(
         self, dist_BG: torch.Tensor, match_B: torch.Tensor, location_B: torch.Tensor, location_G: torch.Tensor
     ) -> torch.Tensor:
         config = self.config
-        candidates_BG = candidate_mask(match_B, dist_BG.shape[1], config.candidates, self.generator)
-        negative_B = dist_BG.detach().masked_fill(~candidates_BG, float("inf")).argmin(dim=1)
-        positive_dist_B = dist_BG.gather(1, match_B[:, None]).squeeze(1)
-        negative_dist_B = dist_BG.gather(1, negative_B[:, None]).squeeze(1)
-        weight_B = torch.ones_like(negative_dist_B)
-        if config.location_weight:
-            same_B = (location_G[negative_B] == location_B) & (location_B >= 0)
-            weight_B = torch.where(same_B, config.same_location_coefficient, weight_B)
-        return F.relu(positive_dist_B - weight_B * negative_dist_B + config.margin).mean()
+        weight_BG = None
+        if config.location_weight:  # Eq. 1: c where a candidate shares the anchor's (known) location
+            same_BG = (location_G[None, :] == location_B[:, None]) & (location_B[:, None] >= 0)
+            weight_BG = torch.where(same_BG, config.same_location_coefficient, 1.0).to(dist_BG.dtype)
+        return semi_hard_triplet(
+            dist_BG, match_B, config.candidates, config.margin, self.generator, weight_BG
+        )
+
+    def _local(self, outputs: dict[str, torch.Tensor], match_B: torch.Tensor) -> torch.Tensor:
+        """Eq. 2: four semi-hard triplet terms between local representations and weighted counterparts."""
+        config = self.config
+        pairs = [
+            (outputs["image_local"].flatten(1), outputs["image_weighted"].flatten(1)),
+            (_pad_tokens(outputs["text_local"], config.max_tokens).flatten(1),
+             _pad_tokens(outputs["text_weighted"], config.max_tokens).flatten(1)),
+        ]  # fmt: skip
+        total = outputs["image_local"].new_zeros(())
+        for local_BX, weighted_BX in pairs:
+            local_BX, weighted_BX = F.normalize(local_BX, dim=-1), F.normalize(weighted_BX, dim=-1)
+            local_GX, weighted_GX = self.gather(local_BX), self.gather(weighted_BX)
+            for anchor_BX, candidates_GX in ((local_BX, weighted_GX), (weighted_BX, local_GX)):
+                dist_BG = 1 - anchor_BX @ candidates_GX.T
+                total = total + semi_hard_triplet(
+                    dist_BG, match_B, config.candidates, config.local_margin, self.generator
+                )
+        return total
+
+
+def _pad_tokens(tokens_BTE: torch.Tensor, width: int) -> torch.Tensor:
+    if tokens_BTE.shape[1] > width:
+        raise ValueError(
+            f"a report has {tokens_BTE.shape[1]} tokens but loss.max_tokens is {width}; raise it"
+        )
+    padded = tokens_BTE.new_zeros(tokens_BTE.shape[0], width, tokens_BTE.shape[2])
+    padded[:, : tokens_BTE.shape[1]] = tokens_BTE
+    return padded

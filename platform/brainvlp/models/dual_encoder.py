@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from brainvlp.models.base import VISION, VisionConfig
+from brainvlp.models.local_align import LocalAlignConfig, LocalAlignment
 from brainvlp.models.qformer import QFormer, QFormerConfig
 from brainvlp.models.resnet import ResNetConfig
 from brainvlp.models.text import TextConfig, TextEncoder
@@ -33,6 +34,7 @@ class ModelConfig:
     image_dropout: float = 0.0
     text_dropout: float = 0.0
     qformer: QFormerConfig | None = None  # set for brat, qformer_itc and their ablations
+    local: LocalAlignConfig | None = None  # set for the pLGG triplet loss's local term
 
 
 def projection(in_dim: int, hidden: int | None, out_dim: int, dropout: float) -> nn.Module:
@@ -63,19 +65,27 @@ class DualEncoder(nn.Module):
                 self.text.out_dim, config.proj_hidden, config.embed_dim, config.image_dropout
             )
 
+        self.local_align = None
+        if config.local is not None:
+            self.local_align = LocalAlignment(
+                config.local, image_dim=self.vision.out_dim, text_dim=self.text.out_dim
+            )
+
     def encode_image(self, volume_BCDHW: torch.Tensor) -> torch.Tensor:
-        tokens_BPF = self.vision(volume_BCDHW)
+        return self.image_embedding(self.vision(volume_BCDHW))
+
+    def image_embedding(self, tokens_BPF: torch.Tensor) -> torch.Tensor:
+        """The global image embedding ``B x E`` (normalised) from the backbone's token map."""
         pooled = tokens_BPF.flatten(1) if self.image_pool == "flatten" else tokens_BPF.mean(1)
         return F.normalize(self.image_proj(pooled), dim=-1)
 
-    def encode_views(self, volume_BCDHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Q-Former views ``B x Q x E`` (normalised), their cross-attention maps ``B x Q x P`` and the image
-        tokens ``B x P x F`` they read (generation conditions on them again)."""
+    def encode_views(self, tokens_BPF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Q-Former views ``B x Q x E`` (normalised) and their cross-attention maps ``B x Q x P``, from the
+        backbone's token map."""
         if self.qformer is None:
             raise ValueError("this model has no Q-Former: set model.qformer for view-based losses")
-        tokens_BPF = self.vision(volume_BCDHW)
         views_BQH, attn_BQP = self.qformer(tokens_BPF)
-        return F.normalize(self.view_proj(views_BQH), dim=-1), attn_BQP, tokens_BPF
+        return F.normalize(self.view_proj(views_BQH), dim=-1), attn_BQP
 
     def text_features(
         self,

@@ -92,6 +92,10 @@ class TextEncoder(nn.Module):
         """The pooled report embedding ``B x H``."""
         return self.encode(input_ids_BT, attention_mask_BT)[0]
 
+    def hidden_states(self, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor) -> torch.Tensor:
+        """The last layer's token states ``B x T x H``."""
+        return self.model(input_ids=input_ids_BT, attention_mask=attention_mask_BT).last_hidden_state
+
     def encode(
         self,
         input_ids_BT: torch.Tensor,
@@ -99,7 +103,7 @@ class TextEncoder(nn.Module):
         spans_BS2: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Report embedding ``B x H`` and, given sentence spans, sentence embeddings ``B x S x H``."""
-        hidden_BTH = self.model(input_ids=input_ids_BT, attention_mask=attention_mask_BT).last_hidden_state
+        hidden_BTH = self.hidden_states(input_ids_BT, attention_mask_BT)
         if self.pooling == "cls":
             report_BH = hidden_BTH[:, 0]
         else:

@@ -184,22 +184,16 @@ class PretrainTask(nn.Module):
     def represent(self, batch: dict[str, Any], needs: frozenset[str]) -> dict[str, torch.Tensor]:
         """What a loss or a scoring rule reads (see ``brainvlp.losses.scoring.NEEDS``)."""
         dtype = next(self.model.image_proj.parameters()).dtype
-        volume = self.prepare_volume(batch["volume"], dtype)
-        report_BH, sentences_BSH = self.text_features(batch, sentences="sentences" in needs)
         out: dict[str, torch.Tensor] = {}
+        if needs & {"global", "views", "itg", "local"}:  # one backbone pass serves them all
+            tokens_BPF = self.model.vision(self.prepare_volume(batch["volume"], dtype))
         if "global" in needs:
-            out["image_emb"] = self.model.encode_image(volume)
-        if needs & {"global", "report"}:
-            out["text_emb"] = self.model.project_text(report_BH.to(dtype))
-            if self.model.text.sections:
-                section_BKE, present_BK, out["text_emb"] = self.section_embeddings(batch, out["text_emb"])
-                if "sections" in needs:
-                    out["section_emb"], out["section_mask"] = section_BKE, present_BK
+            out["image_emb"] = self.model.image_embedding(tokens_BPF)
         if needs & {"views", "itg"}:
-            out["views"], out["attn"], tokens_BPF = self.model.encode_views(volume)
-        if "sentences" in needs:
-            out["sentences"] = self.model.project_sentences(sentences_BSH.to(dtype))
-            out["sentence_mask"] = batch["sentence_mask"]
+            out["views"], out["attn"] = self.model.encode_views(tokens_BPF)
+        out.update(self.represent_text(batch, needs, dtype))
+        if "local" in needs:
+            out.update(self.local_features(batch, tokens_BPF))
         if "location" in needs:
             out["location"] = batch["location"]
         if "clauses" in needs:
@@ -209,6 +203,38 @@ class PretrainTask(nn.Module):
             out["itg_logits"] = self.model.qformer.itg_logits(tokens_BPF, ids, mask)
             out["input_ids"], out["attention_mask"] = ids, mask
         return out
+
+    def represent_text(
+        self, batch: dict[str, Any], needs: frozenset[str], dtype: torch.dtype
+    ) -> dict[str, torch.Tensor]:
+        """The report side: report embedding (section-wise if the model says so), sentence embeddings."""
+        out: dict[str, torch.Tensor] = {}
+        if not needs & {"global", "report", "sentences"}:
+            return out
+        report_BH, sentences_BSH = self.text_features(batch, sentences="sentences" in needs)
+        if needs & {"global", "report"}:
+            out["text_emb"] = self.model.project_text(report_BH.to(dtype))
+            if self.model.text.sections:
+                section_BKE, present_BK, out["text_emb"] = self.section_embeddings(batch, out["text_emb"])
+                if "sections" in needs:
+                    out["section_emb"], out["section_mask"] = section_BKE, present_BK
+        if "sentences" in needs:
+            out["sentences"] = self.model.project_sentences(sentences_BSH.to(dtype))
+            out["sentence_mask"] = batch["sentence_mask"]
+        return out
+
+    def local_features(self, batch: dict[str, Any], tokens_BPF: torch.Tensor) -> dict[str, torch.Tensor]:
+        """pLGG's local representations: image positions and report content tokens, each with its
+        counterpart weighted by cross-attention to the other (``brainvlp.models.local_align``)."""
+        if self.model.local_align is None:
+            raise ValueError("this model has no local alignment: set model.local for the local triplet term")
+        ids_BT, mask_BT = batch["input_ids"], batch["attention_mask"]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.model.text.frozen):
+            hidden_BTH = self.model.text.hidden_states(ids_BT, mask_BT)
+        positions_T = torch.arange(ids_BT.shape[1], device=ids_BT.device)
+        spans_BS2 = batch["spans"]
+        inside_BST = (positions_T >= spans_BS2[..., :1]) & (positions_T < spans_BS2[..., 1:])
+        return self.model.local_align(tokens_BPF, hidden_BTH.to(tokens_BPF.dtype), inside_BST.any(1))
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         represented = self.represent(batch, self.loss.inputs)

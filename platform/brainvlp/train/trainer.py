@@ -47,6 +47,9 @@ class PretrainSpec:
                 f"loss {self.loss.name!r} contrasts two report sections; set e.g. [findings, impression], "
                 f"found {list(self.model.text.sections)}",
             )
+        if "local" in inputs and self.model.local is None:
+            message = f"loss {self.loss.name!r} has a local term (local_weight > 0); set model.local"
+            raise SpecError(f"{path}.model.local".lstrip("."), message)
         if inputs & {"views", "itg"} and self.model.qformer is None:
             message = f"loss {self.loss.name!r} needs a Q-Former; set model.qformer"
             raise SpecError(f"{path}.model.qformer".lstrip("."), message)
