@@ -15,7 +15,7 @@ setup: .venv/.installed
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev,demo]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,demo,mlflow]"
 	# DeepSpeed JIT-builds its CPU comm op on first use (~40 s); build it once here. A build killed
 	# half-way leaves a lock file that makes every later build wait forever.
 	find $${TORCH_EXTENSIONS_DIR:-$$HOME/.cache/torch_extensions} -name lock -delete 2>/dev/null || true

@@ -77,8 +77,9 @@ def test_evaluate_writes_metrics_and_report(tiny_run) -> None:
     "loss",
     [{"name": "brat", "itg_weight": 0.5}, {"name": "brat", "matching": "colbert", "diversity": "repulsion"},
      {"name": "qformer_itc", "diversity": "dpp"}, {"name": "triplet", "local_weight": 1.0},
-     {"name": "convirt_sections"}, {"name": "selip"}],
-    ids=["brat", "colbert-repulsion", "qformer_itc-qd", "triplet-local", "convirt_sections", "selip"],
+     {"name": "convirt_sections"}, {"name": "selip"}, {"name": "convirt"}],
+    ids=["brat", "colbert-repulsion", "qformer_itc-qd", "triplet-local", "convirt_sections", "selip",
+         "convirt"],
 )  # fmt: skip
 def test_every_method_trains_on_two_workers_and_evaluates_with_its_scoring(
     tmp_path: Path, local_ray, tiny_pipeline, loss: dict
@@ -104,18 +105,23 @@ def test_every_method_trains_on_two_workers_and_evaluates_with_its_scoring(
     assert all(math.isfinite(record["loss"]) for record in history)
     if loss["name"] == "selip":  # the phantom's clauses reached the loss as soft targets
         assert all(record["similarity_loss"] > 0 for record in history if "similarity_loss" in record)
-    scoring = {"qformer_itc": "max_query", "triplet": "dot", "convirt_sections": "dot", "selip": "dot"}.get(
-        loss["name"], loss.get("matching", "pva")
+    scoring = (
+        "dot"
+        if loss["name"] in DOT_SCORED
+        else {"qformer_itc": "max_query"}.get(loss["name"], loss.get("matching", "pva"))
     )
     assert json.loads((run_dir / "pretrain" / "export" / "model.json").read_text())["scoring"] == scoring
     metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
     assert metrics["details"]["scoring"] == scoring
 
 
+DOT_SCORED = ("triplet", "convirt", "convirt_sections", "selip")
+
+
 def _loss_terms(loss: dict) -> set[str]:
     if loss["name"] == "triplet":
         return {"triplet_loss"}
-    if loss["name"] == "convirt_sections":
+    if loss["name"] in ("convirt", "convirt_sections"):
         return {"contrastive_loss"}
     if loss["name"] == "selip":
         return {"contrastive_loss", "similarity_loss"}

@@ -32,6 +32,10 @@ class DataConfig:
     shuffle_buffer: int = 256  # rows in each worker's local shuffle buffer
     # Keep the decoded training split in Ray's object store across epochs (small data sets only).
     materialize: bool = False
+    # Read blocks in a reproducible order (Ray Data's preserve_order, files in a fixed order, shuffled only in
+    # the local buffer seeded per epoch), so that a resumed epoch skips exactly the batches it had trained
+    # on; costs some read parallelism.
+    deterministic: bool = False
     # SeLIP: regroup each worker's rows so that no report text repeats within a micro-batch
     # (brainvlp.data.sampler); rows that cannot be placed are dropped and counted per epoch.
     unique_reports: bool = False
@@ -54,6 +58,9 @@ class TrainConfig:
     schedule: Literal["cosine", "constant", "poly"] = "cosine"
     poly_power: float = 0.9  # "poly": lr * (1 - progress) ** poly_power after warm-up (SeLIP Eq. 15)
     log_every: int = 10
+    checkpoint_every: int | None = None  # steps between checkpoints (resume points); None: only the last
+    keep_checkpoints: int = 2  # the newest N checkpoints are kept in the run directory
+    max_failures: int = 0  # worker failures Ray Train recovers from (restart from the last checkpoint)
     eval_every: int | None = None  # steps between dev-split retrieval evaluations; None: never
     # Which weights the export holds: the last step's, or those with the best mean dev R@5.
     select: Literal["last", "best_dev_R@5"] = "last"
@@ -71,6 +78,16 @@ class TrainConfig:
             raise SpecError(f"{path}.select", f"{self.select!r} needs train.eval_every to be set")
         if self.epochs < 1:
             raise SpecError(f"{path}.epochs", f"must be >= 1, found {self.epochs}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise SpecError(
+                f"{path}.checkpoint_every", f"must be >= 1 or null, found {self.checkpoint_every}"
+            )
+        if self.keep_checkpoints < 1:
+            raise SpecError(f"{path}.keep_checkpoints", f"must be >= 1, found {self.keep_checkpoints}")
+        if self.max_failures < -1:
+            raise SpecError(
+                f"{path}.max_failures", f"must be >= 0 (or -1: unlimited), found {self.max_failures}"
+            )
         if self.poly_power <= 0:
             raise SpecError(f"{path}.poly_power", f"must be > 0, found {self.poly_power}")
 

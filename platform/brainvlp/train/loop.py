@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -20,11 +20,13 @@ from brainvlp.distributed import gather_features
 from brainvlp.export import save_export
 from brainvlp.losses import LOSSES
 from brainvlp.models import DualEncoder
-from brainvlp.spec import parse
+from brainvlp.spec import parse, to_plain
+from brainvlp.train.checkpointing import BestWeights, RunState, restore, save_checkpoint, seed_step
 from brainvlp.train.config import TrainConfig
 from brainvlp.train.dev_eval import evaluate_dev
 from brainvlp.train.engine import Engine
 from brainvlp.train.task import PretrainTask, build_augment, collate, to_device
+from brainvlp.train.tracking import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -45,22 +47,6 @@ def total_steps(train: TrainConfig, train_rows: int) -> int:
     return min(steps, train.max_steps) if train.max_steps else steps
 
 
-class BestWeights:
-    """The weights with the best mean dev R@5 so far (a CPU copy), when the spec selects by it."""
-
-    def __init__(self, select: str) -> None:
-        self.enabled = select == "best_dev_R@5"
-        self.score, self.step, self.state = -1.0, 0, None
-
-    def update(self, score: float, step: int, engine: Engine) -> None:
-        # Every rank sees the same unsplit dev set and the same weights, so all take this branch together
-        # (full_state_dict is a collective under ZeRO-3).
-        if self.enabled and score > self.score:
-            state = engine.full_state_dict()
-            self.score, self.step = score, step
-            self.state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     from brainvlp.train.trainer import PretrainSpec  # the spec travels as plain data and is re-validated
 
@@ -74,42 +60,71 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     steps = total_steps(spec.train, index["splits"][spec.data.train_split])
     engine = Engine(task, spec.deepspeed, spec.train, micro_batch=micro_batch, total_steps=steps)
     collate_fn = functools.partial(collate, pad_id=index["pad_token_id"])
-    shard, best = ray.train.get_dataset_shard("train"), BestWeights(spec.train.select)
-    step, start, history = 0, time.perf_counter(), []
-    for epoch in range(spec.train.epochs):
-        batches, sampled = _epoch_batches(shard, spec, epoch, micro_batch, collate_fn)
+    best = BestWeights(spec.train.select)
+    run = restore(engine, best)
+    tracker = _tracker(spec, config["run_dir"]) if rank == 0 else NullTracker()
+    if run.step and rank == 0:
+        sys.stdout.write(f"resuming at step {run.step} (epoch {run.epoch}, batch {run.batches_done})\n")
+    shard, start, start_step = ray.train.get_dataset_shard("train"), time.perf_counter(), run.step
+    while run.epoch < spec.train.epochs and run.step < steps:
+        batches, sampled = _epoch_batches(shard, spec, run.epoch, micro_batch, collate_fn)
         if sampled is not None and world_size > 1:
             batches = _in_lockstep(batches, engine.device)
-        for batch in batches:
+        for batch in itertools.islice(batches, run.batches_done, None):  # skip what a resumed epoch had
+            seed_step(spec.train.seed, rank, run.step, task.augment)
             outputs = engine(to_device(batch, engine.device))
             engine.backward(outputs["loss"])
             engine.step()
-            step += 1
-            metrics = {}
-            if spec.train.eval_every and (step % spec.train.eval_every == 0 or step == steps):
-                dev = ray.train.get_dataset_shard("dev")
-                metrics = evaluate_dev(task, dev, collate_fn, engine.device, micro_batch)
-                best.update(metrics["dev_R@5"], step, engine)
-            if metrics or step % spec.train.log_every == 0 or step == steps:
-                elapsed = time.perf_counter() - start
-                metrics.update({k: float(v.detach()) for k, v in outputs.items() if v.dim() == 0})
-                metrics.update(
-                    step=step, epoch=epoch, lr=engine.lr, samples_per_s=step * spec.train.batch_size / elapsed
-                )
-                history.append(metrics)
-                ray.train.report(metrics)
+            run.step, run.batches_done = run.step + 1, run.batches_done + 1
+            metrics = _step_metrics(spec, task, engine, best, run, outputs, collate_fn, micro_batch, steps)
+            if metrics:
+                metrics.update(samples_per_s=(run.step - start_step) * spec.train.batch_size
+                               / (time.perf_counter() - start))  # fmt: skip
+                run.history.append(metrics)
+                tracker.log({k: v for k, v in metrics.items() if k not in ("step", "epoch")}, run.step)
                 if rank == 0:
-                    _print_progress(metrics, steps, elapsed)
-            if step >= steps:
+                    _print_progress(metrics, steps, time.perf_counter() - start, run.step - start_step)
+            every = spec.train.checkpoint_every
+            if every and run.step % every == 0 and run.step < steps:
+                save_checkpoint(engine, run, best, metrics or {"step": run.step})
+            elif metrics:
+                ray.train.report(metrics)
+            if run.step >= steps:
                 break
         if sampled is not None and sampled.dropped and rank == 0:
-            sys.stdout.write(
-                f"epoch {epoch}: unique-report sampler dropped {sampled.dropped} rows on rank 0\n"
-            )
-            sys.stdout.flush()
-        if step >= steps:
-            break
-    _final_checkpoint(engine, spec, index, history, best)
+            sys.stdout.write(f"epoch {run.epoch}: unique-report sampler dropped {sampled.dropped} rows\n")
+        if run.step < steps:
+            run.epoch, run.batches_done = run.epoch + 1, 0
+    _final_checkpoint(engine, spec, index, run, best)
+    tracker.close()
+
+
+def _tracker(spec: Any, run_dir: str) -> Tracker:
+    """Rank 0's TensorBoard / MLflow writer, in the run directory (shared storage on a cluster)."""
+    return Tracker(spec.tracking, Path(run_dir), spec.run_name or "pretrain", to_plain(spec))
+
+
+def _step_metrics(
+    spec: Any,
+    task: PretrainTask,
+    engine: Engine,
+    best: BestWeights,
+    run: RunState,
+    outputs: dict[str, torch.Tensor],
+    collate_fn: Callable,
+    micro_batch: int,
+    steps: int,
+) -> dict[str, Any]:
+    """The step's record when it evaluates on the dev split or logs (else empty)."""
+    metrics = {}
+    if spec.train.eval_every and (run.step % spec.train.eval_every == 0 or run.step == steps):
+        dev = ray.train.get_dataset_shard("dev")
+        metrics = evaluate_dev(task, dev, collate_fn, engine.device, micro_batch)
+        best.update(metrics["dev_R@5"], run.step, engine)
+    if metrics or run.step % spec.train.log_every == 0 or run.step == steps:
+        metrics.update({k: float(v.detach()) for k, v in outputs.items() if v.dim() == 0})
+        metrics.update(step=run.step, epoch=run.epoch, lr=engine.lr)
+    return metrics
 
 
 def _epoch_batches(
@@ -143,8 +158,8 @@ def _in_lockstep(batches: Iterable[Any], device: torch.device) -> Iterator[Any]:
         yield batch
 
 
-def _print_progress(metrics: dict[str, Any], steps: int, elapsed: float) -> None:
-    eta = elapsed / metrics["step"] * (steps - metrics["step"])
+def _print_progress(metrics: dict[str, Any], steps: int, elapsed: float, done: int) -> None:
+    eta = elapsed / max(1, done) * (steps - metrics["step"])
     dev = f"  dev R@5 {metrics['dev_R@5']:.3f}" if "dev_R@5" in metrics else ""
     # sys.stdout, not print: Ray Train patches print on workers, which shows every line twice.
     sys.stdout.write(
@@ -170,22 +185,26 @@ def _export_meta(spec: Any, index: dict[str, Any], step: int, selected: str) -> 
 
 
 def _final_checkpoint(
-    engine: Engine, spec: Any, index: dict[str, Any], history: list[dict], best: BestWeights
+    engine: Engine, spec: Any, index: dict[str, Any], run: RunState, best: BestWeights
 ) -> None:
-    """Every rank saves its DeepSpeed state; rank 0 adds the exported encoders; Ray merges the directories."""
-    last_step = history[-1]["step"] if history else 0
+    """Every rank saves its DeepSpeed state; rank 0 adds the exported encoders and the loss curve (the
+    driver may not share the workers' disk); Ray merges the directories."""
     if best.state is not None:
         state, step, selected = best.state, best.step, f"best dev R@5 {best.score:.4f} at step {best.step}"
     else:
-        state, step, selected = engine.full_state_dict(), last_step, "last step"
-    with tempfile.TemporaryDirectory() as tmp:
-        engine.save_checkpoint(Path(tmp) / "deepspeed")
-        if ray.train.get_context().get_world_rank() == 0:
-            model_state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
-            save_export(Path(tmp) / "export", model_state, _export_meta(spec, index, step, selected))
-            # The loss curve travels inside the checkpoint: the driver may not share the workers' disk.
-            (Path(tmp) / "history.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
-        final = {"step": last_step, "selected": selected}
-        for prefix, record in (("first", history[:1]), ("last", history[-1:])):
-            final.update({f"{prefix}_{k}": v for m in record for k, v in m.items() if k.endswith("loss")})
-        ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        state, step, selected = engine.full_state_dict(), run.step, "last step"
+    meta = _export_meta(spec, index, step, selected)
+    history = "".join(json.dumps(m) + "\n" for m in run.history)
+
+    def export(directory: Path) -> None:  # rank 0 only: under ZeRO-3 only rank 0 holds the full state
+        model_state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+        save_export(directory / "export", model_state, meta)
+
+    extra = {
+        "export": export,
+        "history": lambda directory: (directory / "history.jsonl").write_text(history),
+    }
+    final = {"step": run.step, "selected": selected}
+    for prefix, record in (("first", run.history[:1]), ("last", run.history[-1:])):
+        final.update({f"{prefix}_{k}": v for m in record for k, v in m.items() if k.endswith("loss")})
+    save_checkpoint(engine, run, best, final, extra)

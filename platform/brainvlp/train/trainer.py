@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import ray
 import ray.data
-from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from brainvlp.data.shards import read_index, split_files
@@ -24,6 +24,7 @@ from brainvlp.train.config import DataConfig, DeepSpeedConfig, TrainConfig
 from brainvlp.train.engine import deepspeed_config
 from brainvlp.train.loop import total_steps, train_loop_per_worker
 from brainvlp.train.task import BATCH_COLUMNS
+from brainvlp.train.tracking import TrackingConfig
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class PretrainSpec:
     loss: LossConfig = field(default_factory=ClipLossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def validate(self, path: str) -> None:
         inputs = LOSSES.build(self.loss).inputs
@@ -73,8 +75,12 @@ def check_against_shards(spec: PretrainSpec, index: dict[str, Any]) -> None:
 def train_dataset(spec: PretrainSpec) -> ray.data.Dataset:
     files = split_files(spec.data.shards, spec.data.train_split)
     # The training split is re-streamed every epoch; per-epoch progress bars would flood the job log.
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    shuffle = ray.data.FileShuffleConfig(seed=spec.train.seed)  # a new, seeded file order every epoch
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.execution_options.preserve_order = spec.data.deterministic
+    # A new, seeded file order every epoch; Ray counts epochs per execution, so a restarted run would see
+    # another order: a deterministic run keeps the file order and shuffles only in the seeded local buffer.
+    shuffle = None if spec.data.deterministic else ray.data.FileShuffleConfig(seed=spec.train.seed)
     dataset = ray.data.read_parquet(files, columns=BATCH_COLUMNS, shuffle=shuffle)
     return dataset.materialize() if spec.data.materialize else dataset
 
@@ -101,7 +107,7 @@ def run_pretrain(spec: PretrainSpec, run_dir: Path) -> dict[str, Any]:
     resources = {"CPU": spec.train.cpus_per_worker}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": to_plain(spec), "index": index},
+        train_loop_config={"spec": to_plain(spec), "index": index, "run_dir": str(run_dir.resolve())},
         scaling_config=ScalingConfig(
             num_workers=spec.train.num_workers, use_gpu=spec.train.use_gpu, resources_per_worker=resources
         ),
@@ -111,7 +117,8 @@ def run_pretrain(spec: PretrainSpec, run_dir: Path) -> dict[str, Any]:
         run_config=RunConfig(
             name="train",
             storage_path=str(run_dir.resolve()),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.train.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=spec.train.max_failures),
         ),
     )
     print(
