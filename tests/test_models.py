@@ -68,18 +68,22 @@ def test_export_round_trip(tmp_path: Path) -> None:
         load_export(tmp_path / "missing")
 
 
-def test_text_encoder_gets_its_own_learning_rate() -> None:
+def test_text_encoder_gets_its_own_learning_rate_and_norms_no_weight_decay() -> None:
     from brainvlp.train.config import TrainConfig
     from brainvlp.train.engine import param_groups
 
     config = parse(ModelConfig, {**TINY, "qformer": {"num_queries": 2}}, "model")
     model = DualEncoder(config, in_channels=2, volume_shape=(16, 32, 32))
-    rest, text = param_groups(model, TrainConfig(lr=5e-4, text_lr=5e-5))
-    assert (rest["lr"], text["lr"]) == (5e-4, 5e-5)
-    assert {id(p) for p in text["params"]} == {id(p) for p in model.text.model.parameters()}
+    groups = param_groups(model, TrainConfig(lr=5e-4, text_lr=5e-5, weight_decay=0.05))
+    by_id = {id(p): g for g in groups for p in g["params"]}
+    assert len(by_id) == sum(p.requires_grad for p in model.parameters())  # each trainable once
+    assert {i for i, g in by_id.items() if g["lr"] == 5e-5} == {id(p) for p in model.text.model.parameters()}
     # The Q-Former starts from the text encoder's weights but trains at the main rate, as in brat.
-    assert {id(p) for p in model.qformer.parameters()} <= {id(p) for p in rest["params"]}
+    assert all(by_id[id(p)]["lr"] == 5e-4 for p in model.qformer.parameters())
+    for name, param in model.named_parameters():
+        decayed = by_id[id(param)]["weight_decay"] > 0
+        exempt = param.ndim < 2 or any(k in name for k in ("embeddings", "query_tokens", "LayerNorm", "norm"))
+        assert decayed != exempt, name
     frozen = parse(ModelConfig, {**TINY, "text": {"path": "builtin:tiny", "freeze": True}}, "model")
-    assert (
-        len(param_groups(DualEncoder(frozen, in_channels=2, volume_shape=(16, 32, 32)), TrainConfig())) == 1
-    )
+    groups = param_groups(DualEncoder(frozen, in_channels=2, volume_shape=(16, 32, 32)), TrainConfig())
+    assert {g["lr"] for g in groups} == {TrainConfig().lr}

@@ -5,7 +5,7 @@ A checkpoint directory, merged by Ray from every worker's part:
 - ``deepspeed/``: the engine's model, optimizer and scheduler state (each rank writes its ZeRO shard);
 - ``run_state.json`` (rank 0): step, epoch, batches consumed in that epoch, the metric history and the
   best dev score so far;
-- ``best.safetensors`` (rank 0, when selecting by dev R@5): the best weights so far, so that a restart
+- ``best.safetensors`` (rank 0, when selecting by a dev metric): the best weights so far, so that a restart
   cannot lose them;
 - in the final checkpoint also ``export/`` and ``history.jsonl``.
 
@@ -19,6 +19,7 @@ under the same run name (its checkpoint manager reloads from the run's storage).
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,20 +43,28 @@ class RunState:
     epoch: int = 0
     batches_done: int = 0  # batches of ``epoch`` already trained on
     history: list[dict[str, Any]] = field(default_factory=list)
-    best_score: float = -1.0
+    best_score: float = -math.inf
     best_step: int = 0
 
 
 class BestWeights:
-    """The weights with the best mean dev R@5 so far (a CPU copy), when the spec selects by it."""
+    """The weights with the best dev metric so far (a CPU copy), when the spec selects by one
+    (``train.select``: ``best_dev_R@5`` the highest, ``best_dev_loss`` the lowest)."""
 
     def __init__(self, select: str) -> None:
-        self.enabled = select == "best_dev_R@5"
-        self.score, self.step, self.state = -1.0, 0, None
+        self.enabled = select.startswith("best_")
+        self.metric = select.removeprefix("best_")
+        self.sign = -1.0 if self.metric.endswith("loss") else 1.0  # scores: higher is better
+        self.score, self.step, self.state = -math.inf, 0, None
 
-    def update(self, score: float, step: int, engine: Engine) -> None:
+    @property
+    def label(self) -> str:
+        return f"best {self.metric.replace('_', ' ')} {self.sign * self.score:.4f} at step {self.step}"
+
+    def update(self, metrics: dict[str, float], step: int, engine: Engine) -> None:
         # Every rank sees the same unsplit dev set and the same weights, so all take this branch together
         # (full_state_dict is a collective under ZeRO-3).
+        score = self.sign * metrics[self.metric] if self.enabled else -math.inf
         if self.enabled and score > self.score:
             state = engine.full_state_dict()
             self.score, self.step = score, step

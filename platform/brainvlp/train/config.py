@@ -62,8 +62,8 @@ class TrainConfig:
     keep_checkpoints: int = 2  # the newest N checkpoints are kept in the run directory
     max_failures: int = 0  # worker failures Ray Train recovers from (restart from the last checkpoint)
     eval_every: int | None = None  # steps between dev-split retrieval evaluations; None: never
-    # Which weights the export holds: the last step's, or those with the best mean dev R@5.
-    select: Literal["last", "best_dev_R@5"] = "last"
+    # Which weights the export holds: the last step's, or those with the best mean dev R@5 / lowest dev loss.
+    select: Literal["last", "best_dev_R@5", "best_dev_loss"] = "last"
     seed: int = 0
 
     def validate(self, path: str) -> None:
@@ -96,5 +96,16 @@ class TrainConfig:
 class DeepSpeedConfig:
     zero_stage: Literal[0, 1, 2, 3] = 2
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
-    grad_clip: float = 1.0
-    gradient_accumulation_steps: int = 1
+    grad_clip: float = 1.0  # 0: no clipping
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+
+    def validate(self, path: str) -> None:
+        if self.grad_clip < 0:
+            raise SpecError(
+                f"{path}.grad_clip", f"must be >= 0 (0 turns clipping off), found {self.grad_clip}"
+            )
+        if self.gradient_accumulation_steps < 1:
+            raise SpecError(
+                f"{path}.gradient_accumulation_steps",
+                f"must be >= 1, found {self.gradient_accumulation_steps}",
+            )

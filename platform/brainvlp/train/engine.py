@@ -54,16 +54,32 @@ def deepspeed_config(ds: DeepSpeedConfig, micro_batch: int, on_gpu: bool) -> dic
 
 
 def param_groups(module: nn.Module, train: TrainConfig) -> list[dict[str, Any]]:
-    """Trainable parameters with their learning rates: the text encoder's may differ (brat: vision 5e-4,
-    text 5e-5); everything else, projections and Q-Former included, uses ``train.lr``."""
-    text, rest = [], []
+    """Trainable parameters by learning rate and weight decay.
+
+    The text encoder's rate may differ (brat: vision 5e-4, text 5e-5); everything else, projections and
+    Q-Former included, uses ``train.lr``. Biases, norm scales, embeddings, learned query tokens and the
+    logit scale get no weight decay: decaying them towards 0 only fights what they represent (the usual
+    exclusions of BERT, CLIP and BLIP-2 training).
+    """
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, param in module.named_parameters():
         if param.requires_grad:
-            (text if ".text.model." in f".{name}" else rest).append(param)
-    groups = [{"params": rest, "lr": train.lr}]
-    if text:
-        groups.append({"params": text, "lr": train.text_lr if train.text_lr is not None else train.lr})
-    return groups
+            key = (".text.model." in f".{name}", _decays(name, param))
+            groups.setdefault(key, []).append(param)
+    text_lr = train.text_lr if train.text_lr is not None else train.lr
+    return [
+        {
+            "params": params,
+            "lr": text_lr if is_text else train.lr,
+            "weight_decay": train.weight_decay if decays else 0.0,
+        }
+        for (is_text, decays), params in sorted(groups.items())
+    ]
+
+
+def _decays(name: str, param: nn.Parameter) -> bool:
+    no_decay = ("bias", "norm", "embeddings", "query_tokens", "log_scale")
+    return param.ndim >= 2 and not any(part in name.lower() for part in no_decay)
 
 
 class Engine:
@@ -76,9 +92,11 @@ class Engine:
         micro_batch: int,
         total_steps: int,
     ) -> None:
-        optimizer = torch.optim.AdamW(param_groups(module, train), weight_decay=train.weight_decay)
+        optimizer = torch.optim.AdamW(param_groups(module, train))
+        # The scheduler steps once per optimizer step, i.e. every gradient_accumulation_steps micro-steps.
+        optimizer_steps = max(1, total_steps // ds.gradient_accumulation_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_lambda(train.schedule, train.warmup_steps, total_steps, train.poly_power)
+            optimizer, lr_lambda(train.schedule, train.warmup_steps, optimizer_steps, train.poly_power)
         )
         self.config = deepspeed_config(ds, micro_batch, torch.cuda.is_available() and train.use_gpu)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(

@@ -120,7 +120,7 @@ def _step_metrics(
     if spec.train.eval_every and (run.step % spec.train.eval_every == 0 or run.step == steps):
         dev = ray.train.get_dataset_shard("dev")
         metrics = evaluate_dev(task, dev, collate_fn, engine.device, micro_batch)
-        best.update(metrics["dev_R@5"], run.step, engine)
+        best.update(metrics, run.step, engine)
     if metrics or run.step % spec.train.log_every == 0 or run.step == steps:
         metrics.update({k: float(v.detach()) for k, v in outputs.items() if v.dim() == 0})
         metrics.update(step=run.step, epoch=run.epoch, lr=engine.lr)
@@ -190,7 +190,7 @@ def _final_checkpoint(
     """Every rank saves its DeepSpeed state; rank 0 adds the exported encoders and the loss curve (the
     driver may not share the workers' disk); Ray merges the directories."""
     if best.state is not None:
-        state, step, selected = best.state, best.step, f"best dev R@5 {best.score:.4f} at step {best.step}"
+        state, step, selected = best.state, best.step, best.label
     else:
         state, step, selected = engine.full_state_dict(), run.step, "last step"
     meta = _export_meta(spec, index, step, selected)

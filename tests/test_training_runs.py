@@ -1,4 +1,8 @@
-"""Checkpoints, exact resume and fault tolerance of pretraining (2 Ray Train workers, DeepSpeed, CPU).
+"""Pretraining runs on shards ingested once (2 Ray Train workers, DeepSpeed, CPU): ZeRO stages and
+DeepSpeed options, tracking, checkpoints, exact resume and fault tolerance.
+
+- ZeRO 0 with gradient accumulation and ZeRO 1 train, keep the schedule in optimizer steps, select weights
+  by dev loss and write TensorBoard files (ZeRO 2 runs in test_pipeline, ZeRO 3 below).
 
 - A worker process killed with SIGKILL mid-run: Ray Train restarts the workers from the last checkpoint
   (``train.max_failures``) and the run's whole loss curve equals that of an uninterrupted run.
@@ -38,12 +42,14 @@ def shards(tmp_path_factory: pytest.TempPathFactory, local_ray, tiny_pipeline) -
     return tmp_path / "runs" / "tiny" / "ingest"
 
 
-def pretrain_spec(tmp_path: Path, shards: Path, tiny_pipeline, name: str, **train) -> Path:
-    spec = tiny_pipeline(tmp_path, num_workers=2, epochs=6)["pretrain"]
+def pretrain_spec(
+    tmp_path: Path, shards: Path, tiny_pipeline, name: str, zero_stage: int = 3, epochs: int = 6, **train
+) -> Path:
+    spec = tiny_pipeline(tmp_path, num_workers=2, epochs=epochs)["pretrain"]
     spec.update(kind="pretrain", run_name=name, output_root=str(tmp_path / "runs"))
     spec["data"].update(shards=str(shards), deterministic=True, shuffle_buffer=0)
-    spec["train"].update(checkpoint_every=4, eval_every=None, select="last", **train)
-    spec["deepspeed"]["zero_stage"] = 3  # the tiny pipeline runs stage 2; resume must hold for 3 too
+    spec["train"].update({"checkpoint_every": 4, "eval_every": None, "select": "last", **train})
+    spec["deepspeed"]["zero_stage"] = zero_stage
     spec_file = tmp_path / f"{name}.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
     return spec_file
@@ -74,6 +80,32 @@ def train_workers(since: float) -> list[psutil.Process]:
         for p in psutil.process_iter(["cmdline", "create_time"])
         if any("RayTrainWorker" in part for part in p.info["cmdline"] or []) and p.info["create_time"] > since
     ]
+
+
+@pytest.mark.parametrize(("zero_stage", "accumulation"), [(0, 2), (1, 1)])
+def test_zero_stage_trains_with_its_options_and_tracks(
+    tmp_path: Path, shards: Path, tiny_pipeline, zero_stage: int, accumulation: int
+) -> None:
+    spec_file = pretrain_spec(
+        tmp_path, shards, tiny_pipeline, "zero", zero_stage=zero_stage, epochs=3, checkpoint_every=None,
+        eval_every=3, select="best_dev_loss", schedule="cosine",
+    )  # fmt: skip
+    spec = yaml.safe_load(spec_file.read_text())
+    spec["deepspeed"]["gradient_accumulation_steps"] = accumulation
+    spec_file.write_text(yaml.safe_dump(spec))
+    run(load_spec(spec_file))
+    run_dir = tmp_path / "runs" / "zero"
+    ds = json.loads((run_dir / "deepspeed.json").read_text())
+    assert (
+        ds["zero_optimization"]["stage"] == zero_stage and ds["gradient_accumulation_steps"] == accumulation
+    )
+    records = history(run_dir)
+    assert all(r["loss"] == r["loss"] for r in records)  # finite, not NaN
+    assert records[-1]["lr"] < 0.05 * spec["train"]["lr"]  # the cosine reached its end in optimizer steps
+    dev = [r["dev_loss"] for r in records if "dev_loss" in r]
+    selected = json.loads((run_dir / "export" / "model.json").read_text())["selected"]
+    assert selected.startswith(f"best dev loss {min(dev):.4f}")
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_killed_worker_recovers_from_the_last_checkpoint_with_the_same_loss_curve(
