@@ -105,6 +105,8 @@ def test_zero_stage_trains_with_its_options_and_tracks(
     dev = [r["dev_loss"] for r in records if "dev_loss" in r]
     selected = json.loads((run_dir / "export" / "model.json").read_text())["selected"]
     assert selected.startswith(f"best dev loss {min(dev):.4f}")
+    last = json.loads((run_dir / "export_last" / "model.json").read_text())
+    assert (last["selected"], last["step"]) == ("last step", records[-1]["step"])
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
 

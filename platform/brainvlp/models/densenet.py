@@ -5,6 +5,7 @@ Shape legend: B batch, C channels, D/H/W volume axes, P positions, F width (1024
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +14,7 @@ from monai.networks.nets import DenseNet121
 from torch import nn
 
 from brainvlp.models.base import VISION, VisionConfig
+from brainvlp.models.resnet import checkpointed
 
 
 @dataclass
@@ -40,9 +42,21 @@ class DenseNetBackbone(nn.Module):
         self.features = net.features  # the classifier head is not used
         self.average_depth = config.average_depth
         self.out_dim = net.class_layers.out.in_features
+        self.activation_checkpointing = False  # set by DualEncoder (model.activation_checkpointing)
+        # Stages for checkpointing: the stem, then each dense block with the transition (or final norm)
+        # after it, so that what a stage keeps for backward is its small, downsampled input.
+        names = [name for name, _ in self.features.named_children()]
+        starts = [0] + [i for i, name in enumerate(names) if name.startswith("denseblock")] + [len(names)]
+        self.stage_bounds = list(itertools.pairwise(starts))
 
     def forward(self, volume_BCDHW: torch.Tensor) -> torch.Tensor:
-        fmap_BFdhw = F.relu(self.features(volume_BCDHW))
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            fmap_BFdhw = volume_BCDHW
+            for start, end in self.stage_bounds:
+                fmap_BFdhw = checkpointed(self.features[start:end], fmap_BFdhw)
+        else:
+            fmap_BFdhw = self.features(volume_BCDHW)
+        fmap_BFdhw = F.relu(fmap_BFdhw)
         if self.average_depth:
             fmap_BFdhw = fmap_BFdhw.mean(dim=2, keepdim=True)
         return fmap_BFdhw.flatten(2).transpose(1, 2)  # tokens_BPF

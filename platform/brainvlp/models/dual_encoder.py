@@ -3,12 +3,20 @@ and optionally a Q-Former whose views meet the report's sentences there (brat, B
 
 Shape legend: B batch, C channels, D/H/W volume axes, P positions, F backbone width, H text width,
 E embedding width, T tokens, Q views, S sentences.
+
+Activation checkpointing (``activation_checkpointing: true``) trades compute for memory: in training, the
+backbone keeps only each stage's input for backward (DenseNet: stem and dense blocks; ResNet: stem and
+layers; other backbones: each block of their block lists), the Q-Former and a trainable text encoder each
+layer's, and backward recomputes the rest: about one more forward pass of them. Losses and gradients are
+unchanged.
 """
 
 from __future__ import annotations
 
+import functools
+import types
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -16,8 +24,8 @@ from torch import nn
 
 from brainvlp.models.base import VISION, VisionConfig
 from brainvlp.models.local_align import LocalAlignConfig, LocalAlignment
-from brainvlp.models.qformer import QFormer, QFormerConfig
-from brainvlp.models.resnet import ResNetConfig
+from brainvlp.models.qformer import QFormer, QFormerConfig, enable_layer_checkpointing
+from brainvlp.models.resnet import ResNetConfig, checkpointed
 from brainvlp.models.text import TextConfig, TextEncoder
 
 
@@ -35,6 +43,8 @@ class ModelConfig:
     text_dropout: float = 0.0
     qformer: QFormerConfig | None = None  # set for brat, qformer_itc and their ablations
     local: LocalAlignConfig | None = None  # set for the pLGG triplet loss's local term
+    # Recompute backbone stages and transformer layers in backward: less activation memory, ~1/3 more compute.
+    activation_checkpointing: bool = False
 
 
 def projection(in_dim: int, hidden: int | None, out_dim: int, dropout: float) -> nn.Module:
@@ -43,6 +53,25 @@ def projection(in_dim: int, hidden: int | None, out_dim: int, dropout: float) ->
     return nn.Sequential(
         nn.Dropout(dropout), nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim)
     )
+
+
+def checkpoint_blocks(backbone: nn.Module) -> None:
+    """Checkpoint each block of a backbone's block lists (ViT's transformer blocks, the U-Net encoder's
+    levels), or else its whole forward, for backbones without checkpointed stages of their own.
+
+    Each block's ``forward`` is replaced on the instance, so parameter names (and exports) stay the same.
+    """
+    containers = [c for c in backbone.children() if isinstance(c, nn.Sequential | nn.ModuleList)]
+    for block in [block for container in containers for block in container] or [backbone]:
+        block.forward = types.MethodType(_checkpointed_forward, block)
+
+
+def _checkpointed_forward(self: nn.Module, *args: Any) -> Any:
+    """The class's own forward, checkpointed in training with gradients on."""
+    run = functools.partial(type(self).forward, self)
+    if self.training and torch.is_grad_enabled():
+        return checkpointed(self, *args, run=run)
+    return run(*args)
 
 
 class DualEncoder(nn.Module):
@@ -70,6 +99,21 @@ class DualEncoder(nn.Module):
             self.local_align = LocalAlignment(
                 config.local, image_dim=self.vision.out_dim, text_dim=self.text.out_dim
             )
+        if config.activation_checkpointing:
+            self.enable_activation_checkpointing()
+
+    def enable_activation_checkpointing(self) -> None:
+        """Backbone per stage (its own checkpointing where it has one), Q-Former and a trainable text
+        encoder per layer (the text encoder keeps about as much for backward as the Q-Former)."""
+        staged = [m for m in self.vision.modules() if hasattr(m, "activation_checkpointing")]
+        for module in staged:
+            module.activation_checkpointing = True
+        if not staged:
+            checkpoint_blocks(self.vision)
+        if self.qformer is not None:
+            self.qformer.enable_activation_checkpointing()
+        if not self.text.frozen and getattr(self.text.model, "supports_gradient_checkpointing", False):
+            enable_layer_checkpointing(self.text.model)
 
     def encode_image(self, volume_BCDHW: torch.Tensor) -> torch.Tensor:
         return self.image_embedding(self.vision(volume_BCDHW))

@@ -54,6 +54,16 @@ _BERT_TO_QFORMER = (
 )
 
 
+def enable_layer_checkpointing(model: PreTrainedModel) -> None:
+    """transformers' own per-layer activation checkpointing, non-reentrant (no inputs need gradients, and
+    outputs returned on the side, like attention maps, keep theirs); active in training mode only."""
+    if getattr(model.config, "use_cache", False):  # encoders cache nothing; it would warn it turns it off
+        model.config.use_cache = False
+    # transformers 5 renamed gradient_checkpointing_enable (now deprecated); both take the kwargs first.
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
+
+
 class QFormer(nn.Module):
     def __init__(self, config: QFormerConfig, text_model: PreTrainedModel, image_dim: int) -> None:
         super().__init__()
@@ -109,6 +119,14 @@ class QFormer(nn.Module):
             )
         own["lm_head.weight"] = own["word_embeddings.weight"].clone()  # BERT's LM head shares embeddings
         self.load_state_dict(own)
+
+    def enable_activation_checkpointing(self) -> None:
+        """Recompute each Q-Former layer in backward (transformers' per-layer checkpointing, non-reentrant:
+        the cross-attention maps the DPP loss reads keep their gradients). Active in training mode only."""
+        # The Q-Former reads query embeddings, not token ids: with "input_ids" transformers would look for
+        # input embeddings to hook (it has none) and warn.
+        self.qformer.main_input_name = "query_embeds"
+        enable_layer_checkpointing(self.qformer)
 
     def forward(self, image_tokens_BPF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """View embeddings ``B x Q x H`` and the last cross-attention layer's maps ``B x Q x P``."""

@@ -187,23 +187,25 @@ def _export_meta(spec: Any, index: dict[str, Any], step: int, selected: str) -> 
 def _final_checkpoint(
     engine: Engine, spec: Any, index: dict[str, Any], run: RunState, best: BestWeights
 ) -> None:
-    """Every rank saves its DeepSpeed state; rank 0 adds the exported encoders and the loss curve (the
-    driver may not share the workers' disk); Ray merges the directories."""
+    """Every rank saves its DeepSpeed state; rank 0 adds the exported encoders (``export/``: the selected
+    weights; ``export_last/`` too when those are the best dev ones) and the loss curve (the driver may not
+    share the workers' disk); Ray merges the directories."""
+    last_state = engine.full_state_dict()  # collective under ZeRO-3; only rank 0 gets the full state
+    exports = {"export": (last_state, run.step, "last step")}
     if best.state is not None:
-        state, step, selected = best.state, best.step, best.label
-    else:
-        state, step, selected = engine.full_state_dict(), run.step, "last step"
-    meta = _export_meta(spec, index, step, selected)
+        exports = {"export": (best.state, best.step, best.label), "export_last": exports["export"]}
     history = "".join(json.dumps(m) + "\n" for m in run.history)
 
-    def export(directory: Path) -> None:  # rank 0 only: under ZeRO-3 only rank 0 holds the full state
-        model_state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
-        save_export(directory / "export", model_state, meta)
+    def write_exports(directory: Path) -> None:  # rank 0 only
+        for name, (state, step, selected) in exports.items():
+            model_state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+            save_export(directory / name, model_state, _export_meta(spec, index, step, selected))
 
     extra = {
-        "export": export,
+        "export": write_exports,
         "history": lambda directory: (directory / "history.jsonl").write_text(history),
     }
+    selected = exports["export"][2]
     final = {"step": run.step, "selected": selected}
     for prefix, record in (("first", run.history[:1]), ("last", run.history[-1:])):
         final.update({f"{prefix}_{k}": v for m in record for k, v in m.items() if k.endswith("loss")})

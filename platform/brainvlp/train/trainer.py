@@ -129,7 +129,9 @@ def run_pretrain(spec: PretrainSpec, run_dir: Path) -> dict[str, Any]:
         raise RuntimeError(f"pretrain finished without a checkpoint; see {run_dir / 'train'}")
     export_dir = run_dir / "export"
     with result.checkpoint.as_directory() as checkpoint:
-        shutil.copytree(Path(checkpoint) / "export", export_dir, dirs_exist_ok=True)
+        for name in ("export", "export_last"):  # export_last: the final weights when export holds the best
+            if (Path(checkpoint) / name).exists():
+                shutil.copytree(Path(checkpoint) / name, run_dir / name, dirs_exist_ok=True)
         shutil.copy(Path(checkpoint) / "history.jsonl", run_dir / "metrics.jsonl")
     summary = {"steps": steps, "export": str(export_dir), "metrics": result.metrics}
     print(f"pretrain: exported encoders ({result.metrics.get('selected', 'last step')}) to {export_dir}")
