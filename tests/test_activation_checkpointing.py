@@ -19,7 +19,9 @@ DENSENET = {"name": "densenet121", "init_features": 8, "growth_rate": 4, "block_
 RESNET = {"name": "resnet", "layers": [1, 1, 1, 1], "widths": [4, 8, 8, 16], "max_pool": True}
 VIT = {"name": "vit", "patch_size": 16, "hidden_size": 12, "num_layers": 2, "num_heads": 2, "mlp_dim": 16}
 RESNET_ATTENTION = {**RESNET, "name": "resnet_attention", "num_heads": 2}
-BACKBONES = {"densenet": DENSENET, "resnet": RESNET, "resnet_attention": RESNET_ATTENTION, "vit": VIT}
+UNET = {"name": "unet_encoder", "channels": [4, 8, 8, 16]}
+BACKBONES = {"densenet": DENSENET, "resnet": RESNET, "resnet_attention": RESNET_ATTENTION, "vit": VIT,
+             "unet": UNET}  # fmt: skip
 
 
 def _task(vision: dict, checkpointing: bool) -> PretrainTask:
