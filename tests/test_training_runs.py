@@ -1,7 +1,7 @@
 """Pretraining runs on shards ingested once (2 Ray Train workers, DeepSpeed, CPU): ZeRO stages and
 DeepSpeed options, tracking, checkpoints, exact resume and fault tolerance.
 
-- ZeRO 0 with gradient accumulation and ZeRO 1 train, keep the schedule in optimizer steps, select weights
+- ZeRO 0 with gradient accumulation and activation checkpointing, and ZeRO 1, train, keep the schedule in optimizer steps, select weights
   by dev loss and write TensorBoard files (ZeRO 2 runs in test_pipeline, ZeRO 3 below).
 
 - A worker process killed with SIGKILL mid-run: Ray Train restarts the workers from the last checkpoint
@@ -92,6 +92,7 @@ def test_zero_stage_trains_with_its_options_and_tracks(
     )  # fmt: skip
     spec = yaml.safe_load(spec_file.read_text())
     spec["deepspeed"]["gradient_accumulation_steps"] = accumulation
+    spec["model"]["activation_checkpointing"] = zero_stage == 0
     spec_file.write_text(yaml.safe_dump(spec))
     run(load_spec(spec_file))
     run_dir = tmp_path / "runs" / "zero"
