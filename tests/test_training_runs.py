@@ -1,8 +1,9 @@
 """Pretraining runs on shards ingested once (2 Ray Train workers, DeepSpeed, CPU): ZeRO stages and
 DeepSpeed options, tracking, checkpoints, exact resume and fault tolerance.
 
-- ZeRO 0 with gradient accumulation and activation checkpointing, and ZeRO 1, train, keep the schedule in optimizer steps, select weights
-  by dev loss and write TensorBoard files (ZeRO 2 runs in test_pipeline, ZeRO 3 below).
+- ZeRO 0 with gradient accumulation and activation checkpointing, and ZeRO 1, train, keep the schedule
+  in optimizer steps, select weights by dev loss and write TensorBoard files (ZeRO 2 runs in
+  test_pipeline, ZeRO 3 below).
 
 - A worker process killed with SIGKILL mid-run: Ray Train restarts the workers from the last checkpoint
   (``train.max_failures``) and the run's whole loss curve equals that of an uninterrupted run.
