@@ -1,0 +1,238 @@
+"""Streaming memory: peak RSS of the driver and the workers, and object-store use, at 1x and 10x the rows.
+
+The platform's training data path (``stream.py``'s ``platform`` variant by default: ``trainer.train_dataset``
+on the driver, ``loop._epoch_batches`` with brainvlp's ``collate`` on 2 Ray Train workers; ``--variant``
+picks another of ``stream.VARIANTS``) streams one epoch of synthetic shards of ``--rows`` studies, then of
+``10 * --rows`` studies (``_shards.py``; default 1,000 and 10,000 studies of 1 x 32 x 128 x 128, 1 MiB
+each, about 4 min in all on 2 CPUs). A streaming pipeline holds a bounded window of rows whatever the data
+set's size, so every peak must stay within 10 % between the two runs.
+
+Both data sets have shards of the same size (the 1x set's, as ingest lays it out: 32 shards), the 10x one
+ten times as many: a large ingest's shards all sit at the ``shard_mb`` cap, so more data means more shards,
+not bigger ones. Ray reads a Parquet file into blocks of up to 128 MiB, so letting shards grow with the
+data set (as a small ingest's do, below the cap) would grow every block and every peak with it; that is
+the shard size's effect, which ``--same-shard-count`` shows.
+
+How each figure is sampled (``psutil``; every ``--interval`` seconds, peak kept):
+
+- Train workers: a background thread in each worker process samples its own RSS while it iterates; the
+  figure is the larger of the 2 workers' peaks. Listed under it, for diagnosis only: the peak of RSS less
+  shared pages (``memory_info().shared``: the object-store blocks it mapped, shared libraries).
+- Driver: a background thread in the driver samples the driver's RSS.
+- Ray Data workers: the same driver thread samples every other ``ray::`` process under the driver (read
+  tasks, the streaming-split coordinator, idle pooled workers); the figure is the largest single process,
+  and each process title's peak is listed under it.
+- Object store: the same thread asks the raylet for the store's bytes in use
+  (``ray._private.internal_api.get_memory_info_reply(...).store_stats.object_store_bytes_used``, what
+  ``ray memory --stats-only`` prints). ``ray.available_resources()["object_store_memory"]`` is no use for
+  this on ray 2.60: it stays at the store's capacity however full the store is.
+
+RSS counts the object-store (shared memory) pages a process has touched, so a worker that maps a block
+shows it in its RSS too. The 1x run is preceded by an unmeasured warm-up run of the same size (imports,
+Ray's worker pool), so that neither measured run pays for first-time start-up.
+
+Reading the result: a peak that grows between 1x and 10x is either a leak (it grows with the rows
+streamed) or a window that the 1x run is too short to fill (the object store's use saw-tooths while
+blocks are produced and released, and a longer run meets a higher tooth). ``--rows`` must make the 1x
+run long enough to reach the steady state: more than the rows the pipeline buffers (each worker's local
+shuffle buffer fills to 1.5 x its size + a batch before the first batch), and several seconds of streaming.
+
+Run: ``python benchmarks/memory.py [--rows 1000] [--shape 32 128 128] [--variant platform]
+[--same-shard-count]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+import _shards
+import stream
+
+MAX_GROWTH = 0.10  # the issue: peaks at 10x the rows within 10 % of those at 1x
+MIB = 2**20
+
+
+class PeakSampler:
+    """A daemon thread that calls ``probe()`` every ``interval`` seconds and keeps each value's peak."""
+
+    def __init__(self, probe: Callable[[], dict[str, float]], interval: float) -> None:
+        self.probe, self.interval, self.peaks = probe, interval, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="peak-sampler", daemon=True)
+
+    def _sample(self) -> None:
+        for key, value in self.probe().items():
+            self.peaks[key] = max(self.peaks.get(key, 0.0), value)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> PeakSampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+def _rss(process: psutil.Process) -> dict[str, float]:
+    """RSS, and RSS less its shared pages (object-store blocks this process mapped, shared libraries)."""
+    info = process.memory_info()
+    return {"rss": info.rss, "private": info.rss - info.shared}
+
+
+def measured_loop(config: dict[str, Any]) -> None:
+    """Train loop: stream the epochs as ``stream.worker_batches`` does, sampling this process's RSS."""
+    import ray.train
+
+    from brainvlp.spec import parse
+    from brainvlp.train.trainer import PretrainSpec
+
+    spec, variant = parse(PretrainSpec, config["spec"]), stream.Variant(**config["variant"])
+    rank, shard = ray.train.get_context().get_world_rank(), ray.train.get_dataset_shard("train")
+    process, rows = psutil.Process(), 0
+    start_rss = process.memory_info().rss
+    with PeakSampler(functools.partial(_rss, process), config["interval"]) as sampler:
+        for epoch in range(config["epochs"]):
+            for batch in stream.worker_batches(
+                shard, spec, variant, epoch, stream.GLOBAL_BATCH // stream.NUM_WORKERS
+            ):
+                rows += len(batch["volume"])
+    record = {**sampler.peaks, "start_rss": start_rss, "rows": rows}
+    Path(config["out"], f"rank{rank}.json").write_text(json.dumps(record))
+
+
+def driver_probe() -> Callable[[], dict[str, float]]:
+    """The driver's RSS, the largest RSS among the other non-Train ``ray::`` processes, object store use."""
+    import ray
+    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+    state = get_state_from_address(ray.get_runtime_context().gcs_address)
+    driver = psutil.Process()
+
+    def probe() -> dict[str, float]:
+        found = {"driver": driver.memory_info().rss, "ray_data": 0.0}
+        for child in driver.children(recursive=True):
+            try:
+                title, rss = " ".join(child.cmdline()), child.memory_info().rss
+            except psutil.Error:  # the process ended between listing and reading it
+                continue
+            if title.startswith("ray::") and "RayTrainWorker" not in title:
+                name = title.split()[0].split("(")[0][:40]
+                found[name] = max(found.get(name, 0.0), rss)
+                found["ray_data"] = max(found["ray_data"], rss)
+        found["object_store"] = get_memory_info_reply(state).store_stats.object_store_bytes_used
+        return found
+
+    return probe
+
+
+def measure(shards: Path, args: argparse.Namespace, tmp: Path, label: str) -> dict[str, float]:
+    """Stream ``shards`` once on 2 Train workers; the peaks in bytes and the rows the workers got."""
+    out = tmp / label
+    out.mkdir(parents=True)
+    spec = stream.pretrain_spec(shards, args.worker_cpus)
+    config = {"epochs": args.epochs, "out": str(out), "interval": args.interval}
+    start = time.perf_counter()
+    with PeakSampler(driver_probe(), args.interval) as sampler:
+        stream.fit_workers(measured_loop, config, spec, args.variant, tmp / "ray-train")
+    ranks = [json.loads(path.read_text()) for path in sorted(out.glob("rank*.json"))]
+    return {
+        "train_worker": max(r["rss"] for r in ranks),
+        "train_worker_private": max(r["private"] for r in ranks),
+        **sampler.peaks,
+        "rows": sum(r["rows"] for r in ranks),
+        "seconds": time.perf_counter() - start,
+        "worker_start": max(r["start_rss"] for r in ranks),
+    }
+
+
+def growth(small: float, large: float) -> float:
+    return large / max(small, 1.0) - 1
+
+
+def _line(name: str, small: float, large: float) -> str:
+    return f"{name:34}{small / MIB:12.0f}{large / MIB:12.0f}{growth(small, large):+9.1%}"
+
+
+def report(small: dict[str, float], large: dict[str, float], rows: int) -> None:
+    print(f"{'peak, MiB':34}{f'{rows} rows':>12}{f'{10 * rows} rows':>12}{'growth':>9}")
+    names = {
+        "driver": "driver RSS",
+        "train_worker": "Train worker RSS (max of 2)",
+        "ray_data": "Ray Data worker RSS (max)",
+        "object_store": "object store in use",
+    }
+    for key, name in names.items():
+        print(_line(name, small[key], large[key]))
+        if key == "train_worker":
+            print(_line("  less shared pages", small["train_worker_private"], large["train_worker_private"]))
+        if key == "ray_data":  # by process title (a pooled worker's title changes with its task)
+            for title in sorted(k for k in small.keys() & large.keys() if k.startswith("ray::")):
+                print(_line(f"  {title}", small[title], large[title]))
+    before = f"{small['worker_start'] / MIB:12.0f}{large['worker_start'] / MIB:12.0f}"
+    print(f"{'Train worker RSS before streaming':34}{before}")
+    runs = "".join(f"{run['rows']:7.0f}{run['seconds']:4.0f} s" for run in (small, large))
+    print(f"{'rows (both workers), seconds':34}{runs}")
+    for key, name in names.items():
+        found = growth(small[key], large[key])
+        verdict = "PASS" if found <= MAX_GROWTH else "FAIL"
+        print(
+            f"{verdict} {name} flat from {rows} to {10 * rows} rows: {found:+.1%} (limit +{MAX_GROWTH:.0%})"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1000, help="1x; the 10x run streams 10 times as many")
+    parser.add_argument("--shape", type=int, nargs=3, default=[32, 128, 128], metavar=("D", "H", "W"))
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--variant", choices=list(stream.VARIANTS), default="platform")
+    parser.add_argument("--worker-cpus", type=float, default=0.5, help="CPUs per Train worker")
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs of the embedded Ray")
+    parser.add_argument(
+        "--same-shard-count", action="store_true", help="32 shards for both sizes, 10x larger ones at 10x"
+    )
+    parser.add_argument("--interval", type=float, default=0.05, help="seconds between samples")
+    args = parser.parse_args()
+    if args.rows < stream.GLOBAL_BATCH:
+        parser.error(f"--rows must be >= {stream.GLOBAL_BATCH}")
+    import ray
+
+    with tempfile.TemporaryDirectory(prefix="brainvlp-memory-") as tmp:
+        shape, sizes = tuple(args.shape), (args.rows, 10 * args.rows)
+        dirs = {rows: Path(tmp) / f"shards-{rows}" for rows in sizes}
+        per_shard = math.ceil(args.rows / _shards.MIN_SHARDS)  # the 1x layout, as ingest makes it
+        for rows, path in dirs.items():
+            _shards.write_shards(path, rows, shape, None if args.same_shard_count else per_shard)
+        print(
+            f"{args.variant}: {sizes[0]} and {sizes[1]} studies {shape} int16 in shards of {per_shard} rows, "
+            f"{args.epochs} epoch(s)"
+        )
+        stream.start_ray(args.cpus)
+        try:
+            measure(dirs[sizes[0]], args, Path(tmp), "warm-up")
+            small = measure(dirs[sizes[0]], args, Path(tmp), "1x")
+            large = measure(dirs[sizes[1]], args, Path(tmp), "10x")
+        finally:
+            ray.shutdown()
+    report(small, large, args.rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,539 @@
+"""Streaming throughput: volumes/s that reach 2 Ray Train workers as torch tensors, against plain readers.
+
+What it measures, on one set of synthetic studies (``_shards.py``: 1 x 32 x 256 x 256 int16 by default,
+about 1 MiB each after zstd) stored three ways, all in a temporary directory:
+
+- Ray path (the platform's): brainvlp Parquet shards -> ``ray.data.read_parquet`` with the trainer's
+  columns and seeded file shuffle -> ``TorchTrainer(datasets=...)``, whose ``streaming_split`` feeds 2 Train
+  workers -> ``iter_torch_batches`` with brainvlp's ``collate``. The ``platform`` variant calls the
+  platform's own functions (``trainer.train_dataset`` on the driver, ``loop._epoch_batches`` on the
+  workers) with the default ``DataConfig`` (local shuffle buffer of 256 rows); the other variants change
+  one or two things (see ``VARIANTS``) to find where the time goes. Rate: rows of both workers over the
+  wall time from the workers' common start (a barrier) to the last worker's last batch.
+- (a) raw limit: pyarrow reading the same shards in one process with no Ray (``ParquetFile.iter_batches``
+  over the trainer's columns, files in a shuffled order) and the same ``collate``, i.e. the same decoding
+  work without Ray. (a0), printed for reference: the volume column alone, decoded straight from Arrow's
+  buffer with one copy, the floor of any Parquet reader.
+- (b) ``torch.utils.data.DataLoader`` (2 worker processes, shuffled) over one ``.npy`` per study
+  (``np.load`` -> tensor).
+- (c) the same DataLoader over one ``.nii.gz`` per study, as the seed repositories load data:
+  ``nibabel.load(path).get_fdata(dtype=float32)`` -> tensor (float32 rather than get_fdata's default
+  float64: the baseline is given its faster option).
+
+Every method runs ``--epochs`` epochs with the micro-batch of a 2-worker, global-batch-32 run (16 rows);
+the first epoch warms caches, processes and the OS page cache and is reported but not counted (with
+``--epochs 1`` it is the only one). Each epoch of the Ray path restarts Ray Data's pipeline, as training
+does, so its rate includes the wait for each epoch's first batch (printed too). Baselines deliver every row
+to one consumer; the Ray path splits the rows over the 2 workers. Train workers take ``--worker-cpus``
+(0.5) CPUs each: on a 2-CPU machine two 1-CPU workers leave Ray Data no CPU and hang (ENVIRONMENT.md).
+
+Besides wall-clock rates the table gives CPU milliseconds per volume: user + system time of every process
+involved (this process and its DataLoader workers; for the Ray path the raylet's whole process tree, i.e.
+Train workers, read tasks and the split coordinator), which a machine shared with other jobs disturbs far
+less than it disturbs wall time.
+
+Targets (the issue): the platform's Ray path >= 0.8x (a) and >= 2x (c); the verdicts are printed for the
+``platform`` variant and for the fastest variant measured.
+
+Run: ``python benchmarks/stream.py [--rows 1000] [--shape 32 256 256] [--epochs 3] [--variants ...]
+[--stats] [--skip-baselines] [--data-dir DIR]``: ``DEFAULT_VARIANTS`` unless ``--variants`` names others
+or ``all``; about 1 min per variant at the default size on 2 CPUs, plus 3-4 min for the data and the
+baselines. ``--stats`` prints Ray Data's statistics per variant: operators (tasks, block sizes) and rank
+0's iterator breakdown over all epochs (time blocked on data, batching, formatting, collate).
+``--data-dir`` keeps the generated data and reuses it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from ray.data.collate_fn import ArrowBatchCollateFn
+
+import _shards  # beside this script, which Python puts first on sys.path
+from brainvlp.data.shards import decode_volumes
+from brainvlp.train.task import BATCH_COLUMNS, collate
+
+TARGET_RAW = 0.8  # Ray path / (a)
+TARGET_NIFTI = 2.0  # Ray path / (c)
+NUM_WORKERS = 2
+GLOBAL_BATCH = 32
+QUIET_RAY = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_usage_stats_enabled": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "DS_ACCELERATOR": "cpu",
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of streaming the shards into the Train workers; defaults are the platform's settings."""
+
+    help: str
+    shuffle_buffer: int = 256  # rows in each worker's local shuffle buffer (DataConfig.shuffle_buffer)
+    prefetch_batches: int = 1  # iter_torch_batches' default
+    collate: str = "numpy"  # numpy: brainvlp's collate on Ray's numpy batch; arrow: ArrowCollate
+    iterate: str = "torch"  # torch: iter_torch_batches(collate_fn=...); numpy: iter_batches + collate
+    decode_in_map: bool = False  # decode volumes in a map_batches after the read (in Ray Data's tasks)
+    read_cpus: float | None = None  # CPUs per read task (Ray's default: 1)
+    max_block_mb: int | None = None  # DataContext.target_max_block_size (Ray's default: 128 MiB)
+    reader_v1: bool = False  # DataContext.use_datasource_v2 = False: Ray's V1 Parquet reader
+    store_limit_mb: int | None = None  # cap on Ray Data's object store use (default: half the store)
+
+
+_V1_ARROW = {"reader_v1": True, "collate": "arrow"}
+VARIANTS = {
+    "platform": Variant("trainer.train_dataset + loop._epoch_batches, as pretrain runs them"),
+    # One change to the platform's path each.
+    "no-shuffle-buffer": Variant("local shuffle buffer off (file order is still shuffled)", shuffle_buffer=0),
+    "shuffle64": Variant("local shuffle buffer of 64 rows", shuffle_buffer=64),
+    "arrow": Variant("ArrowCollate: volumes decoded straight from Arrow's buffer", collate="arrow"),
+    "iter-batches": Variant("iter_batches(numpy) + collate on the training thread", iterate="numpy"),
+    "map-decode": Variant("volumes decoded in map_batches into a tensor column", decode_in_map=True),
+    "prefetch4": Variant("prefetch_batches=4", prefetch_batches=4),
+    "blocks16": Variant("DataContext.target_max_block_size 16 MiB", max_block_mb=16),
+    "read0.5": Variant("read tasks at 0.5 CPU", read_cpus=0.5),
+    "v1": Variant("Ray's V1 Parquet reader: no ListFiles task, blocks split to ~16 MiB", reader_v1=True),
+    "store512": Variant("Ray Data's object store use capped at 512 MiB", store_limit_mb=512),
+    # Combinations.
+    "v1+arrow": Variant("v1 and arrow", **_V1_ARROW),
+    "v1+arrow+shuffle64": Variant("v1, arrow, shuffle64", **_V1_ARROW, shuffle_buffer=64),
+    "v1+arrow+shuffle64+store512": Variant(
+        "v1, arrow, shuffle64, store512", **_V1_ARROW, shuffle_buffer=64, store_limit_mb=512
+    ),
+    "v1+arrow+shuffle64+prefetch4": Variant(
+        "v1, arrow, shuffle64, prefetch4", **_V1_ARROW, shuffle_buffer=64, prefetch_batches=4
+    ),
+    "recommended": Variant(
+        "v1, arrow, shuffle64, 16 MiB blocks: the change proposed for the platform",
+        **_V1_ARROW,
+        shuffle_buffer=64,
+        max_block_mb=16,
+    ),
+    "v1+arrow+no-shuffle-buffer+prefetch4": Variant(
+        "v1, arrow, no shuffle buffer, prefetch4", **_V1_ARROW, shuffle_buffer=0, prefetch_batches=4
+    ),
+}
+
+DEFAULT_VARIANTS = ["platform", "no-shuffle-buffer", "shuffle64", "arrow", "v1", "recommended"]
+
+
+def volume_views(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray]:
+    """Each row's bytes of a binary column as a uint8 view into Arrow's buffer: nothing is copied."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    views = []
+    for chunk in chunks:
+        _, offsets_buffer, data_buffer = chunk.buffers()
+        kind = np.int64 if pa.types.is_large_binary(chunk.type) else np.int32
+        offsets = np.frombuffer(offsets_buffer, dtype=kind)[chunk.offset : chunk.offset + len(chunk) + 1]
+        data = np.frombuffer(data_buffer, dtype=np.uint8)
+        views.extend(data[lo:hi] for lo, hi in itertools.pairwise(offsets))
+    return views
+
+
+class ArrowCollate(ArrowBatchCollateFn):
+    """brainvlp's ``collate`` on the Arrow batch: the volume column goes to ``decode_volumes`` as views into
+    Arrow's buffer (one copy into the int16 batch) instead of numpy's object array of ``bytes`` (a copy of
+    every volume first); the small columns go through numpy as before."""
+
+    def __init__(self, pad_id: int = 0) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, batch: pa.Table) -> dict[str, Any]:
+        columns = {
+            name: volume_views(batch[name]) if name == "volume" else batch[name].to_numpy()
+            for name in batch.column_names
+        }
+        return collate(columns, self.pad_id)
+
+
+def _decode_in_map(batch: pa.Table) -> pa.Table:
+    """map_batches UDF: the volume column as a B x C x D x H x W int16 tensor column."""
+    from ray.data.extensions import ArrowTensorArray
+
+    shapes = batch["volume_shape"].to_numpy()
+    volumes = decode_volumes(volume_views(batch["volume"]), shapes)
+    return batch.set_column(
+        batch.schema.get_field_index("volume"), "volume", ArrowTensorArray.from_numpy(volumes)
+    )
+
+
+# ---- data -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Data:
+    shards: Path
+    files: list[Path]
+    npy: list[Path]
+    nifti: list[Path]
+
+
+def prepare(data_dir: Path, rows: int, shape: tuple[int, int, int]) -> Data:
+    """The same studies as shards, .npy and .nii.gz under ``data_dir`` (reused if already there)."""
+    start = time.perf_counter()
+    files = _shards.cached(_shards.write_shards, data_dir / "shards", rows, shape)
+    npy = _shards.cached(_shards.write_npy, data_dir / "npy", rows, shape)
+    nifti = _shards.cached(_shards.write_nifti, data_dir / "nifti", rows, shape)
+    for path in [*files, *npy, *nifti]:  # into the page cache: every method then reads from memory
+        with path.open("rb") as handle:
+            while handle.read(1 << 24):
+                pass
+    size = sum(p.stat().st_size for p in files) / 2**20
+    seconds = time.perf_counter() - start
+    print(
+        f"{rows} studies {shape} int16 in {data_dir}: {len(files)} shards, {size:.0f} MiB ({seconds:.0f} s)"
+    )
+    return Data(data_dir / "shards", files, npy, nifti)
+
+
+# ---- baselines ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Epoch:
+    rows: int
+    seconds: float  # wall time
+    cpu_s: float  # CPU time of every process involved
+    first_batch_s: float = 0.0
+
+
+def tree_cpu_seconds(root: psutil.Process) -> float:
+    """User + system CPU seconds of ``root`` and its descendants, each process counted once: a process
+    that ended and was reaped is in its parent's ``children_*`` times, a live one in its own."""
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:  # ended between listing and reading
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+def timed_epochs(epochs: int, run_epoch: Callable[[int], int]) -> list[Epoch]:
+    """Rows, wall and CPU seconds (this process and its DataLoader workers) of each ``run_epoch(epoch)``."""
+    found, me = [], psutil.Process()
+    for epoch in range(epochs):
+        start, cpu = time.perf_counter(), tree_cpu_seconds(me)
+        rows = run_epoch(epoch)
+        found.append(Epoch(rows, time.perf_counter() - start, tree_cpu_seconds(me) - cpu))
+    return found
+
+
+def pyarrow_epoch(files: Sequence[Path], micro_batch: int, epoch: int) -> int:
+    """(a): every shard, in a seeded shuffled order, through pyarrow and brainvlp's collate."""
+    rows = 0
+    for index in np.random.default_rng(epoch).permutation(len(files)):
+        for record_batch in pq.ParquetFile(files[index]).iter_batches(micro_batch, columns=BATCH_COLUMNS):
+            batch = collate(
+                {name: record_batch[name].to_numpy(zero_copy_only=False) for name in BATCH_COLUMNS}
+            )
+            rows += len(batch["volume"])
+    return rows
+
+
+def arrow_floor_epoch(files: Sequence[Path], epoch: int) -> int:
+    """(a0): the volume column alone, one copy from Arrow's buffer into an int16 tensor per shard."""
+    rows = 0
+    for index in np.random.default_rng(epoch).permutation(len(files)):
+        table = pq.read_table(files[index], columns=["volume", "volume_shape"])
+        shapes = table["volume_shape"].to_numpy()
+        rows += len(torch.from_numpy(decode_volumes(volume_views(table["volume"]), shapes)))
+    return rows
+
+
+class NpyStudies(torch.utils.data.Dataset):
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.from_numpy(np.load(self.paths[index]))
+
+
+class NiftiStudies(NpyStudies):
+    def __getitem__(self, index: int) -> torch.Tensor:
+        import nibabel as nib
+
+        return torch.from_numpy(nib.load(self.paths[index]).get_fdata(dtype=np.float32))
+
+
+def dataloader_epoch(dataset: torch.utils.data.Dataset, micro_batch: int, epoch: int) -> int:
+    """(b), (c): a shuffled DataLoader with 2 worker processes, as a single-GPU training script has."""
+    generator = torch.Generator().manual_seed(epoch)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=micro_batch, shuffle=True, num_workers=2, drop_last=True, generator=generator
+    )
+    return sum(len(batch) for batch in loader)
+
+
+# ---- the Ray path -------------------------------------------------------------------------------------
+
+
+def worker_batches(shard: Any, spec: Any, variant: Variant, epoch: int, micro_batch: int) -> Iterable:
+    """One epoch's collated batches on a Train worker; ``platform`` is the training loop's own call."""
+    if variant == VARIANTS["platform"]:
+        from brainvlp.train.loop import _epoch_batches
+
+        return _epoch_batches(shard, spec, epoch, micro_batch, functools.partial(collate, pad_id=0))[0]
+    shuffle = {
+        "local_shuffle_buffer_size": variant.shuffle_buffer or None,
+        "local_shuffle_seed": spec.train.seed + epoch,
+        "prefetch_batches": variant.prefetch_batches,
+    }
+    if variant.iterate == "numpy":
+        rows = shard.iter_batches(batch_format="numpy", batch_size=micro_batch, drop_last=True, **shuffle)
+        return map(collate, rows)
+    collate_fn = ArrowCollate() if variant.collate == "arrow" else functools.partial(collate, pad_id=0)
+    return shard.iter_torch_batches(batch_size=micro_batch, collate_fn=collate_fn, drop_last=True, **shuffle)
+
+
+def _raylet() -> psutil.Process:
+    """The raylet above this worker: its process tree holds every Ray worker (Train, Data, coordinator)."""
+    process = psutil.Process()
+    while process.parent() is not None and process.name() != "raylet":
+        process = process.parent()
+    return process if process.name() == "raylet" else psutil.Process()
+
+
+def consume(config: dict[str, Any]) -> None:
+    """Train loop: iterate every epoch's batches, timing them; rank files go to ``config["out"]``."""
+    import ray.train
+
+    from brainvlp.spec import parse
+    from brainvlp.train.trainer import PretrainSpec
+
+    spec, variant = parse(PretrainSpec, config["spec"]), Variant(**config["variant"])
+    rank, micro_batch = ray.train.get_context().get_world_rank(), GLOBAL_BATCH // NUM_WORKERS
+    shard, epochs, raylet = ray.train.get_dataset_shard("train"), [], _raylet()
+    for epoch in range(config["epochs"]):
+        torch.distributed.barrier()  # both workers start each epoch together
+        start, first, rows, cpu = time.time(), None, 0, tree_cpu_seconds(raylet)
+        for batch in worker_batches(shard, spec, variant, epoch, micro_batch):
+            first = first or time.time()
+            rows += len(batch["volume"])
+        end = time.time()
+        torch.distributed.barrier()  # both are done: the CPU time covers the whole epoch
+        cpu = tree_cpu_seconds(raylet) - cpu
+        epochs.append({"start": start, "first": first or end, "end": end, "rows": rows, "cpu": cpu})
+    stats = shard.stats() if rank == 0 else ""
+    Path(config["out"], f"rank{rank}.json").write_text(json.dumps({"epochs": epochs, "stats": stats}))
+
+
+def ray_dataset(spec: Any, variant: Variant) -> Any:
+    """The training dataset of ``variant``; ``platform`` is ``trainer.train_dataset`` itself."""
+    import ray.data
+
+    from brainvlp.data.shards import split_files
+    from brainvlp.train.trainer import train_dataset
+
+    if variant == VARIANTS["platform"]:
+        return train_dataset(spec)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.use_datasource_v2 = not variant.reader_v1
+    if variant.max_block_mb:
+        context.target_max_block_size = variant.max_block_mb * 2**20
+    cpus = {"num_cpus": variant.read_cpus} if variant.read_cpus else {}
+    dataset = ray.data.read_parquet(
+        split_files(spec.data.shards, spec.data.train_split),
+        columns=BATCH_COLUMNS,
+        shuffle=ray.data.FileShuffleConfig(seed=spec.train.seed),
+        **cpus,
+    )
+    if variant.decode_in_map:
+        dataset = dataset.map_batches(_decode_in_map, batch_format="pyarrow", batch_size=None, **cpus)
+    return dataset
+
+
+def pretrain_spec(shards: Path, worker_cpus: float) -> Any:
+    """A default pretrain spec over ``shards`` for 2 workers of ``worker_cpus`` CPUs, global batch 32."""
+    from brainvlp.spec import parse
+    from brainvlp.train.trainer import PretrainSpec
+
+    train = {"num_workers": NUM_WORKERS, "cpus_per_worker": worker_cpus, "batch_size": GLOBAL_BATCH}
+    return parse(PretrainSpec, {"data": {"shards": str(shards)}, "train": train})
+
+
+def start_ray(cpus: int) -> None:
+    """An embedded Ray of ``cpus`` CPUs, quiet; the caller shuts it down."""
+    import ray
+
+    for key, value in QUIET_RAY.items():
+        os.environ.setdefault(key, value)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+
+
+def fit_workers(
+    loop: Callable[[dict[str, Any]], None], config: dict[str, Any], spec: Any, name: str, storage: Path
+) -> None:
+    """Run ``loop`` on 2 Train workers over variant ``name``'s dataset, as ``run_pretrain`` sets them up;
+    ``config`` gains ``spec`` and ``variant``."""
+    import ray.data
+    import ray.train
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from brainvlp.spec import to_plain
+
+    saved, variant = ray.data.DataContext.get_current().copy(), VARIANTS[name]
+    options = None  # as run_pretrain: Ray Train's default ingest options
+    if variant.store_limit_mb:
+        options = ray.train.DataConfig.default_ingest_options()
+        limit = variant.store_limit_mb * 2**20
+        options.resource_limits = options.resource_limits.copy(object_store_memory=limit)
+    try:
+        trainer = TorchTrainer(
+            loop,
+            train_loop_config={**config, "spec": to_plain(spec), "variant": asdict(variant)},
+            scaling_config=ScalingConfig(
+                num_workers=NUM_WORKERS,
+                use_gpu=False,
+                resources_per_worker={"CPU": spec.train.cpus_per_worker},
+            ),
+            datasets={"train": ray_dataset(spec, variant)},
+            dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options=options),
+            run_config=RunConfig(name=name, storage_path=str(storage)),
+        )
+        trainer.fit()
+    finally:
+        ray.data.DataContext._set_current(saved)
+
+
+def run_variant(name: str, spec: Any, epochs: int, tmp: Path) -> tuple[list[Epoch], str]:
+    """Fit a TorchTrainer whose 2 workers only iterate; per-epoch rows and wall time, rank 0's stats."""
+    out = tmp / name
+    out.mkdir(parents=True)
+    fit_workers(consume, {"epochs": epochs, "out": str(out)}, spec, name, tmp / "ray-train")
+    ranks = [json.loads(path.read_text()) for path in sorted(out.glob("rank*.json"))]
+    found = []
+    for records in zip(*(rank["epochs"] for rank in ranks), strict=True):
+        start = min(r["start"] for r in records)
+        end, first = max(r["end"] for r in records), min(r["first"] for r in records)
+        rows, cpu = sum(r["rows"] for r in records), records[0]["cpu"]  # every rank sees the same tree
+        found.append(Epoch(rows, end - start, cpu, first - start))
+    return found, ranks[0]["stats"]
+
+
+# ---- report -------------------------------------------------------------------------------------------
+
+
+def rate(epochs: Sequence[Epoch]) -> float:
+    """Rows/s over the epochs after the first (the first alone when there is one)."""
+    counted = epochs[1:] or epochs
+    return sum(e.rows for e in counted) / sum(e.seconds for e in counted)
+
+
+def print_row(name: str, epochs: Sequence[Epoch], mib_per_row: float) -> None:
+    """Over the epochs after the first: vol/s, MiB/s, CPU ms per volume, mean wait for the first batch;
+    and the first epoch's vol/s."""
+    counted, speed = epochs[1:] or epochs, rate(epochs)
+    cpu_ms = 1000 * sum(e.cpu_s for e in counted) / sum(e.rows for e in counted)
+    latency = sum(e.first_batch_s for e in counted) / len(counted)
+    shown = f"{latency:10.1f}s" if latency else ""
+    first = epochs[0].rows / epochs[0].seconds
+    print(f"{name:34}{speed:9.1f}{speed * mib_per_row:9.0f}{cpu_ms:9.1f}{first:9.1f}{shown}")
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def baselines(data: Data, epochs: int, micro_batch: int) -> dict[str, list[Epoch]]:
+    run = functools.partial(timed_epochs, epochs)
+    return {
+        "(a) pyarrow + collate, no Ray": run(functools.partial(pyarrow_epoch, data.files, micro_batch)),
+        "(a0) pyarrow volumes, 1 copy": run(functools.partial(arrow_floor_epoch, data.files)),
+        "(b) DataLoader(2) .npy": run(functools.partial(dataloader_epoch, NpyStudies(data.npy), micro_batch)),
+        "(c) DataLoader(2) .nii.gz": run(
+            functools.partial(dataloader_epoch, NiftiStudies(data.nifti), micro_batch)
+        ),
+    }
+
+
+def ray_variants(data: Data, args: argparse.Namespace, tmp: Path) -> dict[str, tuple[list[Epoch], str]]:
+    import ray
+
+    spec = pretrain_spec(data.shards, args.worker_cpus)
+    start_ray(args.cpus)
+    try:
+        return {name: run_variant(name, spec, args.epochs, tmp) for name in args.variants}
+    finally:
+        ray.shutdown()
+
+
+def report(
+    measured: dict[str, list[Epoch]],
+    streamed: dict[str, tuple[list[Epoch], str]],
+    mib_per_row: float,
+    stats: bool,
+) -> None:
+    print(f"{'':34}{'vol/s':>9}{'MiB/s':>9}{'CPU ms':>9}{'epoch 1':>9}{'1st batch':>11}")
+    for name, epochs in measured.items():
+        print_row(name, epochs, mib_per_row)
+    for name, (epochs, _) in streamed.items():
+        print_row(f"Ray Train x{NUM_WORKERS}: {name}", epochs, mib_per_row)
+    if stats:
+        for name, (_, text) in streamed.items():
+            print(f"--- Ray Data stats, rank 0, {name} ---\n{text.strip()}")
+    if not measured:
+        return
+    raw, nifti = rate(measured["(a) pyarrow + collate, no Ray"]), rate(measured["(c) DataLoader(2) .nii.gz"])
+    print(f"{'':34}{'/ (a)':>9}{'/ (c)':>9}  variant")
+    for name, (epochs, _) in streamed.items():
+        speed = rate(epochs)
+        print(f"{'Ray: ' + name:34}{speed / raw:8.2f}x{speed / nifti:8.2f}x  {VARIANTS[name].help}")
+    verdicts = {"platform": streamed["platform"][0]} if "platform" in streamed else {}
+    if streamed:
+        best = max(streamed, key=lambda name: rate(streamed[name][0]))
+        verdicts[f"best variant ({best})"] = streamed[best][0]
+    for label, epochs in verdicts.items():
+        for target, baseline, name in ((TARGET_RAW, raw, "(a)"), (TARGET_NIFTI, nifti, "(c)")):
+            ratio = rate(epochs) / baseline
+            print(f"{_verdict(ratio >= target)} Ray path, {label} >= {target}x {name}: {ratio:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1000, help="the issue asks for at least 1,000")
+    parser.add_argument("--shape", type=int, nargs=3, default=[32, 256, 256], metavar=("D", "H", "W"))
+    parser.add_argument("--epochs", type=int, default=3, help="the first one is a warm-up")
+    parser.add_argument("--variants", nargs="+", choices=[*VARIANTS, "all"], default=DEFAULT_VARIANTS)
+    parser.add_argument("--worker-cpus", type=float, default=0.5, help="CPUs per Train worker")
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs of the embedded Ray")
+    parser.add_argument("--data-dir", type=Path, help="keep the generated data here and reuse it")
+    parser.add_argument("--skip-baselines", action="store_true", help="measure the Ray variants only")
+    parser.add_argument("--stats", action="store_true", help="print Ray Data's iterator stats per variant")
+    args = parser.parse_args()
+    args.variants = list(VARIANTS) if "all" in args.variants else args.variants
+    if args.rows < GLOBAL_BATCH or args.epochs < 1:
+        parser.error(f"--rows must be >= {GLOBAL_BATCH} and --epochs >= 1")
+    shape, micro_batch = tuple(args.shape), GLOBAL_BATCH // NUM_WORKERS
+    with tempfile.TemporaryDirectory(prefix="brainvlp-stream-") as tmp:
+        data = prepare(args.data_dir or Path(tmp) / "data", args.rows, shape)
+        measured = {} if args.skip_baselines else baselines(data, args.epochs, micro_batch)
+        streamed = ray_variants(data, args, Path(tmp))
+    report(measured, streamed, mib_per_row=2 * int(np.prod(shape)) / 2**20, stats=args.stats)
+
+
+if __name__ == "__main__":
+    main()
