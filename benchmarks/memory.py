@@ -1,7 +1,7 @@
 """Streaming memory: peak RSS of the driver and the workers, and object-store use, at 1x and 10x the rows.
 
 The platform's training data path (``stream.py``'s ``platform`` variant by default: ``trainer.train_dataset``
-on the driver, ``loop._epoch_batches`` with brainvlp's ``collate`` on 2 Ray Train workers; ``--variant``
+on the driver, ``loop._epoch_batches`` with its ``ArrowCollate`` on 2 Ray Train workers; ``--variant``
 picks another of ``stream.VARIANTS``) streams one epoch of synthetic shards of ``--rows`` studies, then of
 ``10 * --rows`` studies (``_shards.py``; default 1,000 and 10,000 studies of 1 x 32 x 128 x 128, 1 MiB
 each, about 4 min in all on 2 CPUs). A streaming pipeline holds a bounded window of rows whatever the data
@@ -9,9 +9,8 @@ set's size, so every peak must stay within 10 % between the two runs.
 
 Both data sets have shards of the same size (the 1x set's, as ingest lays it out: 32 shards), the 10x one
 ten times as many: a large ingest's shards all sit at the ``shard_mb`` cap, so more data means more shards,
-not bigger ones. Ray reads a Parquet file into blocks of up to 128 MiB, so letting shards grow with the
-data set (as a small ingest's do, below the cap) would grow every block and every peak with it; that is
-the shard size's effect, which ``--same-shard-count`` shows.
+not bigger ones. Letting shards grow with the data set (as a small ingest's do, below the cap) grows the
+read tasks' output with them; that is the shard size's effect, which ``--same-shard-count`` shows.
 
 How each figure is sampled (``psutil``; every ``--interval`` seconds, peak kept):
 

@@ -4,16 +4,18 @@ What it measures, on one set of synthetic studies (``_shards.py``: 1 x 32 x 256 
 about 1 MiB each after zstd) stored three ways, all in a temporary directory:
 
 - Ray path (the platform's): brainvlp Parquet shards -> ``ray.data.read_parquet`` with the trainer's
-  columns and seeded file shuffle -> ``TorchTrainer(datasets=...)``, whose ``streaming_split`` feeds 2 Train
-  workers -> ``iter_torch_batches`` with brainvlp's ``collate``. The ``platform`` variant calls the
-  platform's own functions (``trainer.train_dataset`` on the driver, ``loop._epoch_batches`` on the
-  workers) with the default ``DataConfig`` (local shuffle buffer of 256 rows); the other variants change
-  one or two things (see ``VARIANTS``) to find where the time goes. Rate: rows of both workers over the
-  wall time from the workers' common start (a barrier) to the last worker's last batch.
+  columns, seeded file shuffle and read settings (V1 reader, 16 MiB blocks) -> ``TorchTrainer(datasets=...)``,
+  whose ``streaming_split`` feeds 2 Train workers -> ``iter_torch_batches`` with the loop's ``ArrowCollate``
+  and a 64-row local shuffle buffer. The ``platform`` variant calls the platform's own functions
+  (``trainer.train_dataset`` on the driver, ``loop._epoch_batches`` on the workers) with the default
+  ``DataConfig``; ``ray-defaults`` is the platform before this benchmark's findings (Ray's default reader
+  and block size, numpy batches, 256-row buffer); the other variants change one thing (see ``VARIANTS``)
+  to show where the time goes. Rate: rows of both workers over the wall time from the workers' common
+  start (a barrier) to the last worker's last batch.
 - (a) raw limit: pyarrow reading the same shards in one process with no Ray (``ParquetFile.iter_batches``
-  over the trainer's columns, files in a shuffled order) and the same ``collate``, i.e. the same decoding
-  work without Ray. (a0), printed for reference: the volume column alone, decoded straight from Arrow's
-  buffer with one copy, the floor of any Parquet reader.
+  over the trainer's columns, files in a shuffled order) and the same ``ArrowCollate``, i.e. the same
+  decoding work without Ray. (a0), printed for reference: the volume column alone, decoded straight from
+  Arrow's buffer with one copy, the floor of any Parquet reader.
 - (b) ``torch.utils.data.DataLoader`` (2 worker processes, shuffled) over one ``.npy`` per study
   (``np.load`` -> tensor).
 - (c) the same DataLoader over one ``.nii.gz`` per study, as the seed repositories load data:
@@ -47,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import itertools
 import json
 import os
 import tempfile
@@ -62,11 +63,10 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from ray.data.collate_fn import ArrowBatchCollateFn
 
 import _shards  # beside this script, which Python puts first on sys.path
-from brainvlp.data.shards import decode_volumes
-from brainvlp.train.task import BATCH_COLUMNS, collate
+from brainvlp.data.shards import decode_volumes, volume_views
+from brainvlp.train.task import BATCH_COLUMNS, ArrowCollate, collate
 
 TARGET_RAW = 0.8  # Ray path / (a)
 TARGET_NIFTI = 2.0  # Ray path / (c)
@@ -83,84 +83,43 @@ QUIET_RAY = {
 
 @dataclass(frozen=True)
 class Variant:
-    """One way of streaming the shards into the Train workers; defaults are the platform's settings."""
+    """One way of streaming the shards into the Train workers; the defaults are the platform's settings."""
 
     help: str
-    shuffle_buffer: int = 256  # rows in each worker's local shuffle buffer (DataConfig.shuffle_buffer)
+    shuffle_buffer: int = 64  # rows in each worker's local shuffle buffer (DataConfig.shuffle_buffer)
     prefetch_batches: int = 1  # iter_torch_batches' default
-    collate: str = "numpy"  # numpy: brainvlp's collate on Ray's numpy batch; arrow: ArrowCollate
+    collate: str = "arrow"  # arrow: the platform's ArrowCollate; numpy: collate on Ray's numpy batch
     iterate: str = "torch"  # torch: iter_torch_batches(collate_fn=...); numpy: iter_batches + collate
     decode_in_map: bool = False  # decode volumes in a map_batches after the read (in Ray Data's tasks)
     read_cpus: float | None = None  # CPUs per read task (Ray's default: 1)
-    max_block_mb: int | None = None  # DataContext.target_max_block_size (Ray's default: 128 MiB)
-    reader_v1: bool = False  # DataContext.use_datasource_v2 = False: Ray's V1 Parquet reader
+    max_block_mb: int = 16  # DataContext.target_max_block_size (Ray's default: 128 MiB)
+    reader_v1: bool = True  # DataContext.use_datasource_v2 = False: Ray's V1 Parquet reader
     store_limit_mb: int | None = None  # cap on Ray Data's object store use (default: half the store)
 
 
-_V1_ARROW = {"reader_v1": True, "collate": "arrow"}
 VARIANTS = {
     "platform": Variant("trainer.train_dataset + loop._epoch_batches, as pretrain runs them"),
-    # One change to the platform's path each.
+    "ray-defaults": Variant(
+        "Ray's defaults (V2 reader, 128 MiB blocks, numpy batches), 256-row buffer: the platform before",
+        shuffle_buffer=256,
+        collate="numpy",
+        max_block_mb=128,
+        reader_v1=False,
+    ),
+    # One change to the platform's settings each.
+    "numpy": Variant("collate on Ray's numpy batch (a bytes copy of every volume first)", collate="numpy"),
+    "v2": Variant("Ray's V2 Parquet reader (a ListFiles task before every epoch)", reader_v1=False),
+    "blocks128": Variant("Ray's default 128 MiB blocks", max_block_mb=128),
+    "shuffle256": Variant("local shuffle buffer of 256 rows", shuffle_buffer=256),
     "no-shuffle-buffer": Variant("local shuffle buffer off (file order is still shuffled)", shuffle_buffer=0),
-    "shuffle64": Variant("local shuffle buffer of 64 rows", shuffle_buffer=64),
-    "arrow": Variant("ArrowCollate: volumes decoded straight from Arrow's buffer", collate="arrow"),
     "iter-batches": Variant("iter_batches(numpy) + collate on the training thread", iterate="numpy"),
     "map-decode": Variant("volumes decoded in map_batches into a tensor column", decode_in_map=True),
     "prefetch4": Variant("prefetch_batches=4", prefetch_batches=4),
-    "blocks16": Variant("DataContext.target_max_block_size 16 MiB", max_block_mb=16),
     "read0.5": Variant("read tasks at 0.5 CPU", read_cpus=0.5),
-    "v1": Variant("Ray's V1 Parquet reader: no ListFiles task, blocks split to ~16 MiB", reader_v1=True),
     "store512": Variant("Ray Data's object store use capped at 512 MiB", store_limit_mb=512),
-    # Combinations.
-    "v1+arrow": Variant("v1 and arrow", **_V1_ARROW),
-    "v1+arrow+shuffle64": Variant("v1, arrow, shuffle64", **_V1_ARROW, shuffle_buffer=64),
-    "v1+arrow+shuffle64+store512": Variant(
-        "v1, arrow, shuffle64, store512", **_V1_ARROW, shuffle_buffer=64, store_limit_mb=512
-    ),
-    "v1+arrow+shuffle64+prefetch4": Variant(
-        "v1, arrow, shuffle64, prefetch4", **_V1_ARROW, shuffle_buffer=64, prefetch_batches=4
-    ),
-    "recommended": Variant(
-        "v1, arrow, shuffle64, 16 MiB blocks: the change proposed for the platform",
-        **_V1_ARROW,
-        shuffle_buffer=64,
-        max_block_mb=16,
-    ),
-    "v1+arrow+no-shuffle-buffer+prefetch4": Variant(
-        "v1, arrow, no shuffle buffer, prefetch4", **_V1_ARROW, shuffle_buffer=0, prefetch_batches=4
-    ),
 }
 
-DEFAULT_VARIANTS = ["platform", "no-shuffle-buffer", "shuffle64", "arrow", "v1", "recommended"]
-
-
-def volume_views(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray]:
-    """Each row's bytes of a binary column as a uint8 view into Arrow's buffer: nothing is copied."""
-    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
-    views = []
-    for chunk in chunks:
-        _, offsets_buffer, data_buffer = chunk.buffers()
-        kind = np.int64 if pa.types.is_large_binary(chunk.type) else np.int32
-        offsets = np.frombuffer(offsets_buffer, dtype=kind)[chunk.offset : chunk.offset + len(chunk) + 1]
-        data = np.frombuffer(data_buffer, dtype=np.uint8)
-        views.extend(data[lo:hi] for lo, hi in itertools.pairwise(offsets))
-    return views
-
-
-class ArrowCollate(ArrowBatchCollateFn):
-    """brainvlp's ``collate`` on the Arrow batch: the volume column goes to ``decode_volumes`` as views into
-    Arrow's buffer (one copy into the int16 batch) instead of numpy's object array of ``bytes`` (a copy of
-    every volume first); the small columns go through numpy as before."""
-
-    def __init__(self, pad_id: int = 0) -> None:
-        self.pad_id = pad_id
-
-    def __call__(self, batch: pa.Table) -> dict[str, Any]:
-        columns = {
-            name: volume_views(batch[name]) if name == "volume" else batch[name].to_numpy()
-            for name in batch.column_names
-        }
-        return collate(columns, self.pad_id)
+DEFAULT_VARIANTS = ["platform", "ray-defaults", "numpy", "v2", "shuffle256", "no-shuffle-buffer"]
 
 
 def _decode_in_map(batch: pa.Table) -> pa.Table:
@@ -238,14 +197,12 @@ def timed_epochs(epochs: int, run_epoch: Callable[[int], int]) -> list[Epoch]:
 
 
 def pyarrow_epoch(files: Sequence[Path], micro_batch: int, epoch: int) -> int:
-    """(a): every shard, in a seeded shuffled order, through pyarrow and brainvlp's collate."""
-    rows = 0
+    """(a): every shard, in a seeded shuffled order, through pyarrow and the training loop's collate (the
+    same decoding work as the Ray path: volumes copied once, from Arrow's buffer)."""
+    rows, collate_fn = 0, ArrowCollate(pad_id=0)
     for index in np.random.default_rng(epoch).permutation(len(files)):
         for record_batch in pq.ParquetFile(files[index]).iter_batches(micro_batch, columns=BATCH_COLUMNS):
-            batch = collate(
-                {name: record_batch[name].to_numpy(zero_copy_only=False) for name in BATCH_COLUMNS}
-            )
-            rows += len(batch["volume"])
+            rows += len(collate_fn(pa.Table.from_batches([record_batch]))["volume"])
     return rows
 
 
@@ -294,7 +251,7 @@ def worker_batches(shard: Any, spec: Any, variant: Variant, epoch: int, micro_ba
     if variant == VARIANTS["platform"]:
         from brainvlp.train.loop import _epoch_batches
 
-        return _epoch_batches(shard, spec, epoch, micro_batch, functools.partial(collate, pad_id=0))[0]
+        return _epoch_batches(shard, spec, epoch, micro_batch, ArrowCollate(pad_id=0))[0]
     shuffle = {
         "local_shuffle_buffer_size": variant.shuffle_buffer or None,
         "local_shuffle_seed": spec.train.seed + epoch,
@@ -351,8 +308,7 @@ def ray_dataset(spec: Any, variant: Variant) -> Any:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.use_datasource_v2 = not variant.reader_v1
-    if variant.max_block_mb:
-        context.target_max_block_size = variant.max_block_mb * 2**20
+    context.target_max_block_size = variant.max_block_mb * 2**20
     cpus = {"num_cpus": variant.read_cpus} if variant.read_cpus else {}
     dataset = ray.data.read_parquet(
         split_files(spec.data.shards, spec.data.train_split),

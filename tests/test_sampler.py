@@ -164,7 +164,8 @@ def test_loop_picks_the_batch_source(unique: bool) -> None:
         data=SimpleNamespace(shuffle_buffer=64, unique_reports=unique), train=SimpleNamespace(seed=3)
     )
     shard = FakeShard()
-    batches, stats = _epoch_batches(shard, spec, 2, 2, collate_fn=lambda b: list(b["study_id"]))
+    ids = SimpleNamespace(numpy=lambda b: list(b["study_id"]))  # stands in for ArrowCollate's numpy path
+    batches, stats = _epoch_batches(shard, spec, 2, 2, collate_fn=ids)
     batches = list(batches)
     ((method, kwargs),) = shard.calls
     shuffle = {"local_shuffle_buffer_size": 64, "local_shuffle_seed": 5}
@@ -174,6 +175,7 @@ def test_loop_picks_the_batch_source(unique: bool) -> None:
         assert batches == [["s0000", "s0002"], ["s0001", "s0003"]] and stats.dropped == 1
     else:
         assert method == "iter_torch_batches" and kwargs["drop_last"] is True and stats is None
+        assert kwargs["collate_fn"] is ids
         assert batches == ["torch batch"]
 
 

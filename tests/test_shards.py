@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -16,6 +17,7 @@ from brainvlp.data.shards import (
     pad_token_ids,
     read_index,
     split_files,
+    volume_views,
     write_index,
     write_table_atomic,
 )
@@ -44,6 +46,45 @@ def test_round_trip_keeps_volumes_int16_and_exact(tmp_path: Path) -> None:
     np.testing.assert_array_equal(decoded, np.stack(volumes))
     assert table.column("sentence_spans").to_pylist()[0] == [[1, 3]]
     assert not list(tmp_path.glob(".tmp-*"))  # the temporary file was renamed away
+
+
+@pytest.mark.parametrize("kind", [pa.binary(), pa.large_binary()])
+def test_volume_views_are_the_rows_bytes_without_copies(kind: pa.DataType) -> None:
+    """Views over sliced, multi-chunk columns (as Ray hands over batches) decode as the bytes would."""
+    rng = np.random.default_rng(1)
+    volumes = [rng.integers(-900, 900, size=(1, 2, 3, 4), dtype=np.int16) for _ in range(7)]
+    raw = [v.tobytes() for v in volumes]
+    column = pa.chunked_array([pa.array(raw[:4], kind), pa.array(raw[4:], kind)]).slice(1, 5)
+    views = volume_views(column)
+    assert [bytes(view) for view in views] == raw[1:6]
+    buffers = [chunk.buffers()[2] for chunk in column.chunks]
+    for view in views:  # each view points into one of Arrow's data buffers: nothing was copied
+        assert any(b.address <= view.ctypes.data < b.address + b.size for b in buffers)
+    decoded = decode_volumes(views, [[1, 2, 3, 4]] * 5)
+    np.testing.assert_array_equal(decoded, np.stack(volumes[1:6]))
+
+
+def test_arrow_collate_matches_the_numpy_collate(tmp_path: Path) -> None:
+    """The training loop's Arrow collate gives the same tensors as ``collate`` on Ray's numpy batch."""
+    import torch
+
+    from brainvlp.train.task import BATCH_COLUMNS, ArrowCollate, collate
+
+    rng = np.random.default_rng(2)
+    rows = [shard_row(f"s{i}", rng.integers(0, 800, size=(1, 2, 3, 4), dtype=np.int16)) for i in range(4)]
+    rows[1].update(input_ids=[2, 7, 3], sentence_spans=[[1, 2], [2, 2]])
+    write_table_atomic(rows, SCHEMA, tmp_path / "train-00000.parquet")
+    table = pq.read_table(tmp_path / "train-00000.parquet", columns=BATCH_COLUMNS)
+    batch = pa.concat_tables([table.slice(0, 1), table.slice(1)])  # two chunks, as Ray's batches can be
+    as_numpy = {name: batch[name].to_numpy() for name in BATCH_COLUMNS}  # object arrays, volumes as bytes
+    assert isinstance(as_numpy["volume"][0], bytes)
+    expected, found = collate(as_numpy, pad_id=5), ArrowCollate(pad_id=5)(batch)
+    assert found.keys() == expected.keys()
+    for key, value in expected.items():
+        if isinstance(value, torch.Tensor):
+            assert found[key].dtype == value.dtype and torch.equal(found[key], value), key
+        else:
+            assert found[key] == value, key
 
 
 def test_mixed_volume_shapes_in_one_batch_are_an_error() -> None:

@@ -32,6 +32,7 @@ Volumes are raw bytes plus shape rather than an Arrow tensor type: decoding byte
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -122,8 +123,23 @@ def split_files(shard_dir: str | Path, split: str) -> list[str]:
     return files
 
 
-def decode_volumes(volume: Sequence[bytes], volume_shape: Sequence[Sequence[int]]) -> np.ndarray:
-    """Stack raw int16 volume bytes into one ``B x C x D x H x W`` int16 array (no float conversion)."""
+def volume_views(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray]:
+    """Each row of a binary column as a uint8 view into Arrow's buffer: nothing is copied. Ray Data's numpy
+    batches hold ``bytes`` objects instead, one copy of every volume before it is even stacked."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    views = []
+    for chunk in chunks:
+        _, offsets_buffer, data_buffer = chunk.buffers()
+        kind = np.int64 if pa.types.is_large_binary(chunk.type) else np.int32
+        offsets = np.frombuffer(offsets_buffer, dtype=kind)[chunk.offset : chunk.offset + len(chunk) + 1]
+        data = np.frombuffer(data_buffer, dtype=np.uint8)
+        views.extend(data[lo:hi] for lo, hi in itertools.pairwise(offsets))
+    return views
+
+
+def decode_volumes(volume: Sequence[bytes | np.ndarray], volume_shape: Sequence[Sequence[int]]) -> np.ndarray:
+    """Stack raw int16 volume bytes (or uint8 views of them) into one ``B x C x D x H x W`` int16 array, the
+    only copy (no float conversion)."""
     shapes = {tuple(int(v) for v in shape) for shape in volume_shape}
     if len(shapes) != 1:
         raise ValueError(f"volumes of different shapes in one batch: {sorted(shapes)}")

@@ -29,7 +29,9 @@ class DataConfig:
     shards: str | None = None  # an ingest output directory; in a pipeline, the ingest step's
     train_split: str = "train"
     dev_split: str = "dev"  # evaluated every ``train.eval_every`` steps
-    shuffle_buffer: int = 256  # rows in each worker's local shuffle buffer
+    # Rows in each worker's local shuffle buffer, on top of the per-epoch file order; every row passes through
+    # it as a copy, so a larger buffer costs streaming speed (benchmarks/stream.py).
+    shuffle_buffer: int = 64
     # Keep the decoded training split in Ray's object store across epochs (small data sets only).
     materialize: bool = False
     # Read blocks in a reproducible order (Ray Data's preserve_order, files in a fixed order, shuffled only in

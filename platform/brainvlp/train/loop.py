@@ -25,7 +25,7 @@ from brainvlp.train.checkpointing import BestWeights, RunState, restore, save_ch
 from brainvlp.train.config import TrainConfig
 from brainvlp.train.dev_eval import evaluate_dev
 from brainvlp.train.engine import Engine
-from brainvlp.train.task import PretrainTask, build_augment, collate, to_device
+from brainvlp.train.task import ArrowCollate, PretrainTask, build_augment, to_device
 from brainvlp.train.tracking import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     micro_batch = spec.train.batch_size // world_size
     steps = total_steps(spec.train, index["splits"][spec.data.train_split])
     engine = Engine(task, spec.deepspeed, spec.train, micro_batch=micro_batch, total_steps=steps)
-    collate_fn = functools.partial(collate, pad_id=index["pad_token_id"])
+    collate_fn = ArrowCollate(index["pad_token_id"])
     best = BestWeights(spec.train.select)
     run = restore(engine, best)
     tracker = _tracker(spec, config["run_dir"]) if rank == 0 else NullTracker()
@@ -128,7 +128,7 @@ def _step_metrics(
 
 
 def _epoch_batches(
-    shard: Any, spec: Any, epoch: int, micro_batch: int, collate_fn: Callable
+    shard: Any, spec: Any, epoch: int, micro_batch: int, collate_fn: ArrowCollate
 ) -> tuple[Iterable[dict[str, Any]], SamplerStats | None]:
     """One epoch's collated micro-batches; with ``data.unique_reports`` regrouped so that no report repeats
     within a batch, plus the sampler's counts (None without it)."""
@@ -141,7 +141,7 @@ def _epoch_batches(
         return shard.iter_torch_batches(**kwargs), None
     stats = SamplerStats()
     rows = shard.iter_batches(batch_format="numpy", batch_size=micro_batch, **shuffle)
-    return map(collate_fn, unique_report_batches(rows, micro_batch, stats)), stats
+    return map(collate_fn.numpy, unique_report_batches(rows, micro_batch, stats)), stats
 
 
 def _in_lockstep(batches: Iterable[Any], device: torch.device) -> Iterator[Any]:
