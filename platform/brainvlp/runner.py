@@ -19,6 +19,7 @@ from brainvlp.data.phantom import PhantomConfig
 from brainvlp.evaluate.job import EvaluateSpec
 from brainvlp.spec import SpecError, apply_overrides, dump_resolved, parse, read_yaml
 from brainvlp.train.trainer import PretrainSpec
+from brainvlp.tune.job import TuneSpec
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class PhantomSpec:
     dataset: PhantomConfig = field(default_factory=PhantomConfig)
 
 
-STEP_KINDS = ("phantom", "ingest", "pretrain", "evaluate")
+STEP_KINDS = ("phantom", "ingest", "pretrain", "tune", "evaluate")
 
 
 @dataclass
@@ -39,10 +40,13 @@ class PipelineSpec:
     kind: Literal["pipeline"] = "pipeline"
     run_name: str | None = None
     output_root: str = "runs"
-    steps: tuple[Literal["phantom", "ingest", "pretrain", "evaluate"], ...] = ()  # default: those given
+    steps: tuple[
+        Literal["phantom", "ingest", "pretrain", "tune", "evaluate"], ...
+    ] = ()  # default: those given
     phantom: PhantomSpec | None = None
     ingest: IngestSpec | None = None
     pretrain: PretrainSpec | None = None
+    tune: TuneSpec | None = None
     evaluate: EvaluateSpec | None = None
 
     def validate(self, path: str) -> None:
@@ -62,6 +66,7 @@ JOB_KINDS: dict[str, type] = {
     "phantom": PhantomSpec,
     "ingest": IngestSpec,
     "pretrain": PretrainSpec,
+    "tune": TuneSpec,
     "evaluate": EvaluateSpec,
     "pipeline": PipelineSpec,
 }
@@ -89,6 +94,8 @@ def link_pipeline(spec: PipelineSpec) -> None:
         spec.ingest.manifest = str(run_dir / "phantom" / "manifest.csv")
     if spec.pretrain and spec.pretrain.data.shards is None and "ingest" in steps:
         spec.pretrain.data.shards = str(run_dir / "ingest")
+    if spec.tune and spec.tune.base["data"]["shards"] is None and "ingest" in steps:
+        spec.tune.base["data"]["shards"] = str(run_dir / "ingest")
     if spec.evaluate:
         if spec.evaluate.shards is None and "ingest" in steps:
             spec.evaluate.shards = str(run_dir / "ingest")
@@ -98,14 +105,19 @@ def link_pipeline(spec: PipelineSpec) -> None:
         _require_inputs(step, getattr(spec, step))
 
 
-_REQUIRED_INPUTS = {"ingest": ("manifest",), "pretrain": ("data.shards",), "evaluate": ("model", "shards")}
+_REQUIRED_INPUTS = {
+    "ingest": ("manifest",),
+    "pretrain": ("data.shards",),
+    "tune": ("base.data.shards",),
+    "evaluate": ("model", "shards"),
+}
 
 
 def _require_inputs(step: str, spec: Any) -> None:
     for dotted in _REQUIRED_INPUTS.get(step, ()):
         value = spec
         for part in dotted.split("."):
-            value = getattr(value, part)
+            value = value[part] if isinstance(value, dict) else getattr(value, part)
         if value is None:
             raise SpecError(f"{step}.{dotted}", "required (no earlier pipeline step provides it)")
 
@@ -124,11 +136,13 @@ def _runner(kind: str) -> Callable[[Any, Path], Any]:
     from brainvlp.data.ingest import run_ingest
     from brainvlp.evaluate.job import run_evaluate
     from brainvlp.train.trainer import run_pretrain
+    from brainvlp.tune.job import run_tune
 
     return {
         "phantom": _run_phantom,
         "ingest": run_ingest,
         "pretrain": run_pretrain,
+        "tune": run_tune,
         "evaluate": run_evaluate,
     }[kind]
 

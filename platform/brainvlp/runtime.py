@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import ray
 
@@ -24,6 +25,23 @@ def init_ray() -> str:
         return "cluster"
     for key, value in _EMBEDDED_ENV.items():
         os.environ.setdefault(key, value)
-    # address="local" never attaches to another Ray that happens to run on this machine.
-    ray.init(address="local", include_dashboard=False, log_to_driver=True)
+    # The dashboard (on a free local port) serves Ray's state API, which Ray Train's placement-group cleaner
+    # asks whether a run's controller still lives: without it, every Train run whose driver is killed (a
+    # tune trial stopped early, a time budget) keeps its workers' CPUs reserved until Ray shuts down.
+    # Workers find the API through RAY_API_SERVER_ADDRESS (a stale /tmp/ray file would mislead them).
+    port = _free_port()
+    ray.init(
+        address="local",  # never attach to another Ray that happens to run on this machine
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=port,
+        runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
+        log_to_driver=True,
+    )
     return "embedded"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

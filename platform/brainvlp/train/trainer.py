@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -105,7 +106,8 @@ def datasets(spec: PretrainSpec) -> dict[str, ray.data.Dataset]:
     return found
 
 
-def run_pretrain(spec: PretrainSpec, run_dir: Path) -> dict[str, Any]:
+def run_pretrain(spec: PretrainSpec, run_dir: Path, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Fit the Train run; ``callbacks`` are Ray Train callbacks (a tune trial's report to Tune)."""
     if spec.data.shards is None:
         raise SpecError("data.shards", "required: the output directory of an ingest job")
     index = read_index(spec.data.shards)
@@ -130,6 +132,7 @@ def run_pretrain(spec: PretrainSpec, run_dir: Path) -> dict[str, Any]:
             storage_path=str(run_dir.resolve()),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=spec.train.max_failures),
+            callbacks=list(callbacks),
         ),
     )
     print(

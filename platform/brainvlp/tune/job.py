@@ -1,0 +1,221 @@
+"""The tune job: Ray Tune + Optuna (TPE) over a base pretrain spec, ASHA on a dev-set metric, a report.
+
+Each trial is a Tune function that builds and fits the pretrain job's ``TorchTrainer`` (Ray Train V2's way
+of tuning Train runs) with the trial's values applied to the base spec; a ``TuneReportCallback`` forwards
+the dev evaluations to Tune, where ASHA stops weak trials at its rungs and Optuna learns from the results.
+Everything lives under ``<output_root>/<run_name>/``: ``tune/`` (Tune's experiment state), ``trials/<id>/``
+(each trial's pretrain run: resolved spec, checkpoints, export) and the report (``trials.csv``, ``trials.md``,
+``best.yaml``, plots, ``report.md``). Re-running the same spec with the same run name restores the
+experiment: finished trials are kept, unfinished ones run again (from their last checkpoint).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from brainvlp.spec import SpecError, parse, read_yaml, to_plain
+from brainvlp.train.config import TrainConfig
+from brainvlp.train.trainer import PretrainSpec
+from brainvlp.tune.space import Dimension, check_space, parse_space
+
+log = logging.getLogger(__name__)
+
+Metric = Literal["dev_R@5", "dev_t2i_R@5", "dev_i2t_R@5", "dev_loss"]
+
+
+@dataclass
+class SearchConfig:
+    num_samples: int = 12  # trials in all
+    seed: int = 0  # Optuna's TPE sampler
+    metric: Metric = "dev_R@5"  # mean of text->image and image->text dev R@5; dev_loss is minimised
+    # 0: as many trials at once as the cluster's CPUs (and GPUs) fit, each trial's workers plus one CPU
+    # for its Ray Data reads (a Train run can only start once all its workers fit).
+    max_concurrent_trials: int = 0
+    time_budget_s: float | None = None  # stop starting and running trials after this long
+    # An Optuna storage URL (e.g. sqlite:////shared/studies.db) to keep the study outside Tune's own state,
+    # for inspection with optuna-dashboard or reuse in long studies; default: in memory, saved by Tune.
+    storage: str | None = None
+
+    def validate(self, path: str) -> None:
+        if self.num_samples < 1:
+            raise SpecError(f"{path}.num_samples".lstrip("."), f"must be >= 1, found {self.num_samples}")
+        if self.max_concurrent_trials < 0:
+            raise SpecError(f"{path}.max_concurrent_trials".lstrip("."), "must be >= 0 (0: derived)")
+
+    @property
+    def mode(self) -> str:
+        return "min" if self.metric == "dev_loss" else "max"
+
+
+@dataclass
+class AshaConfig:
+    enabled: bool = True
+    grace_steps: int | None = None  # steps before a trial can be stopped; default: the base's eval_every
+    reduction_factor: float = 2.0  # keep the best 1/reduction_factor of the trials at each rung
+
+
+@dataclass
+class TuneSpec:
+    kind: Literal["tune"] = "tune"
+    run_name: str | None = None
+    output_root: str = "runs"
+    base: str | dict[str, Any] = field(default_factory=dict)  # a pretrain spec: path, or inline
+    space: dict[str, Any] = field(default_factory=dict)  # dotted spec path -> distribution (tune/space.py)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    asha: AshaConfig = field(default_factory=AshaConfig)
+    # Resources of each trial's driver (the Tune function that runs TorchTrainer.fit and waits on it): no
+    # CPU by default, since it only waits, and a CPU taken from the read tasks can hang a small machine;
+    # Tune needs some request to place it, so 1 MiB of memory. A custom resource can pin drivers to safe
+    # (non-spot) nodes.
+    driver_resources: dict[str, float] = field(default_factory=lambda: {"CPU": 0.0, "memory": 2.0**20})
+    dims: dict[str, Dimension] = field(init=False, default_factory=dict, repr=False)
+
+    def validate(self, path: str) -> None:
+        where = f"{path}.base".lstrip(".")
+        data = read_yaml(self.base) if isinstance(self.base, str) else dict(self.base)
+        if data.setdefault("kind", "pretrain") != "pretrain":
+            raise SpecError(f"{where}.kind", f"the base must be a pretrain spec, found {data['kind']!r}")
+        base = parse(PretrainSpec, data, where)
+        if not base.train.eval_every:
+            message = "the search's objective is a dev-set metric: set eval_every > 0"
+            raise SpecError(f"{where}.train.eval_every", message)
+        self.base = to_plain(base)  # saved resolved with the run: the search reruns without the file
+        self.dims = parse_space(self.space, f"{path}.space".lstrip("."))
+        check_space(PretrainSpec, self.base, self.dims)
+
+
+def concurrent_trials(train: TrainConfig, cluster: Mapping[str, float]) -> int:
+    """Trials whose Train runs fit the cluster at once: workers' CPUs plus one CPU for the Ray Data read
+    tasks (two 1-CPU workers on 2 CPUs leave reads none and hang), and the workers' GPUs."""
+    fits = [cluster.get("CPU", 0.0) // (train.num_workers * train.cpus_per_worker + 1)]
+    if train.use_gpu:
+        fits.append(cluster.get("GPU", 0.0) // train.num_workers)
+    return max(1, int(min(fits)))
+
+
+def run_tune(spec: TuneSpec, run_dir: Path) -> dict[str, Any]:
+    """Run (or resume) the search, then write the report; returns the best trial's id and values."""
+    import ray
+    from ray import tune
+
+    from brainvlp.data.shards import read_index
+    from brainvlp.train.loop import total_steps
+    from brainvlp.train.trainer import check_against_shards
+    from brainvlp.tune.results import collect_trials, write_results
+
+    base = parse(PretrainSpec, spec.base, "base")
+    if base.data.shards is None:
+        raise SpecError("base.data.shards", "required: the output directory of an ingest job")
+    index = read_index(base.data.shards)
+    check_against_shards(base, index)
+    run_dir = run_dir.resolve()
+    _check_same_search(spec, run_dir)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=spec.base, run_dir=str(run_dir), metric=spec.search.metric),
+        dict(spec.driver_resources),
+    )
+    experiment = run_dir / "tune"
+    if tune.Tuner.can_restore(experiment):
+        print(f"tune: resuming the search in {experiment}")
+        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True)
+    else:
+        steps = total_steps(base.train, index["splits"][base.data.train_split])
+        concurrent = spec.search.max_concurrent_trials or concurrent_trials(
+            base.train, ray.cluster_resources()
+        )
+        print(f"tune: {spec.search.num_samples} trials, up to {concurrent} at once, {steps} steps each")
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=_tune_config(spec, base, steps, concurrent),
+            run_config=tune.RunConfig(name="tune", storage_path=str(run_dir), verbose=1),
+        )
+    grid = tuner.fit()
+    trials = collect_trials(grid, spec, index)
+    return write_results(trials, spec, run_dir)
+
+
+def _tune_config(spec: TuneSpec, base: PretrainSpec, steps: int, concurrent: int) -> Any:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from brainvlp.tune.results import trial_dirname
+    from brainvlp.tune.space import suggest
+
+    search = spec.search
+    storage = None
+    if search.storage:
+        import optuna
+
+        storage = optuna.storages.RDBStorage(search.storage)
+    searcher = OptunaSearch(
+        space=functools.partial(suggest, space=spec.dims),  # define-by-run: conditional dimensions
+        metric=search.metric,
+        mode=search.mode,
+        seed=search.seed,
+        study_name=spec.run_name,
+        storage=storage,
+    )
+    scheduler = None
+    if spec.asha.enabled:
+        grace = spec.asha.grace_steps or base.train.eval_every
+        # max_t beyond the last step: ASHA stops a trial that reaches max_t, which would kill it between its
+        # last evaluation and its final checkpoint and export.
+        scheduler = ASHAScheduler(
+            time_attr="step", max_t=steps + 1, grace_period=grace, reduction_factor=spec.asha.reduction_factor
+        )
+    return tune.TuneConfig(
+        search_alg=searcher,
+        scheduler=scheduler,
+        metric=search.metric,
+        mode=search.mode,
+        num_samples=search.num_samples,
+        max_concurrent_trials=concurrent,
+        time_budget_s=search.time_budget_s,
+        trial_dirname_creator=trial_dirname,
+    )
+
+
+def _check_same_search(spec: TuneSpec, run_dir: Path) -> None:
+    """A rerun under the same name resumes the saved experiment, whose search cannot change: refuse a
+    different spec rather than silently continue the old one."""
+    saved, current = run_dir / "tune_spec.json", json.dumps(to_plain(spec), sort_keys=True)
+    if saved.exists() and saved.read_text() != current:
+        raise SpecError(
+            "run_name",
+            f"{run_dir} holds a search with a different spec; use another run_name to start a new search, "
+            f"or the same spec to resume it",
+        )
+    saved.write_text(current)
+
+
+def run_trial(config: dict[str, Any], base: dict[str, Any], run_dir: str, metric: str) -> None:
+    """One trial (in Tune's trial actor): the base spec with the trial's values, fitted by Ray Train."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from brainvlp.spec import dump_resolved
+    from brainvlp.train.trainer import run_pretrain
+    from brainvlp.tune.space import apply_params
+
+    class ObjectiveReport(TuneReportCallback):
+        """Forward only the reports that hold the objective: Tune requires the searched metric in every
+        result, and the training loop also reports loss-only steps and checkpoints."""
+
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            if metric in metrics[0]:
+                super().after_report(run_context, metrics, checkpoint)
+
+    trial_id = tune.get_context().get_trial_id()
+    spec = parse(PretrainSpec, apply_params(base, config))
+    spec.run_name = trial_id
+    trial_dir = Path(run_dir) / "trials" / trial_id
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    dump_resolved(spec, trial_dir / "spec.resolved.yaml")
+    run_pretrain(spec, trial_dir, callbacks=[ObjectiveReport()])

@@ -1,0 +1,138 @@
+"""Tune jobs end to end on CPU: an ASHA + Optuna search over a tiny phantom, and resuming a killed driver."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from brainvlp.runner import load_spec, run
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+SPACE = {
+    "loss.name": {"choice": ["clip", "triplet"]},
+    "loss.temperature": {"loguniform": [0.03, 0.3], "when": {"loss.name": "clip"}},
+    "loss.margin": {"uniform": [0.1, 0.5], "when": {"loss.name": "triplet"}},
+}
+
+
+@pytest.fixture(scope="module")
+def embedded_ray():
+    """Ray as ``brainvlp run`` starts it (with the state API that frees the resources of stopped trials)."""
+    import ray
+
+    from brainvlp.runtime import init_ray
+
+    init_ray()
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory, embedded_ray, tiny_pipeline) -> Path:
+    tmp_path = tmp_path_factory.mktemp("tune")
+    spec = tiny_pipeline(tmp_path)
+    del spec["pretrain"], spec["evaluate"]
+    spec_file = tmp_path / "ingest.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    run(load_spec(spec_file))
+    return tmp_path / "runs" / "tiny" / "ingest"
+
+
+def tune_spec(
+    tmp_path: Path, shards: Path, tiny_pipeline, name: str, num_samples: int, metric: str = "dev_R@5"
+) -> Path:
+    base = tiny_pipeline(tmp_path, epochs=3)["pretrain"]
+    base["data"]["shards"] = str(shards)
+    base["train"].update(eval_every=4, log_every=4)
+    spec = {
+        "kind": "tune",
+        "run_name": name,
+        "output_root": str(tmp_path / "runs"),
+        "base": base,
+        "space": SPACE,
+        "search": {"num_samples": num_samples, "seed": 0, "metric": metric},
+        "asha": {"grace_steps": 4, "reduction_factor": 2},
+    }
+    spec_file = tmp_path / f"{name}.yaml"
+    spec_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return spec_file
+
+
+def read_trials(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "trials.csv").open() as file:
+        return list(csv.DictReader(file))
+
+
+def test_asha_search_ranks_trials_and_writes_a_rerunnable_best_spec(
+    tmp_path: Path, shards: Path, tiny_pipeline
+) -> None:
+    # The dev loss: the tiny dev split (2 studies) saturates R@5, which would leave ASHA nothing to rank.
+    spec_file = tune_spec(tmp_path, shards, tiny_pipeline, "search", num_samples=4, metric="dev_loss")
+    result = run(load_spec(spec_file))
+    run_dir = tmp_path / "runs" / "search"
+    trials = read_trials(run_dir)
+    assert len(trials) == 4 and {t["status"] for t in trials} == {"TERMINATED"}
+    for trial in trials:  # each trial's values follow the conditional space
+        assert (trial["loss.temperature"] != "") == (trial["loss.name"] == "clip")
+        assert (trial["loss.margin"] != "") == (trial["loss.name"] == "triplet")
+        reason, steps = trial["stop_reason"], int(trial["steps"])
+        assert reason in ("completed", f"stopped early by ASHA at step {steps}")
+        assert (run_dir / "trials" / trial["trial_id"] / "spec.resolved.yaml").exists()
+    best = trials[0]
+    assert result["tune"]["best"] == best["trial_id"]
+    assert float(best["best_dev_loss"]) == min(float(t["best_dev_loss"]) for t in trials)
+    rerun = load_spec(run_dir / "best.yaml")
+    assert rerun.kind == "pretrain" and rerun.loss.name == best["loss.name"]
+    report = (run_dir / "report.md").read_text()
+    for plot in ("optimization_history", "parallel_coordinate", "learning_curves"):
+        assert f"({plot}.png)" in report and (run_dir / f"{plot}.png").stat().st_size > 1000
+
+
+def test_a_killed_tune_driver_resumes_the_study(tmp_path: Path, shards: Path, tiny_pipeline) -> None:
+    spec_file = tune_spec(tmp_path, shards, tiny_pipeline, "resumed", num_samples=3)
+    run_dir = tmp_path / "runs" / "resumed"
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'platform'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "brainvlp.cli", "run", str(spec_file)],
+        env={k: v for k, v in env.items() if k != "RAY_ADDRESS"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its embedded Ray dies with it
+    )
+    try:
+        finished = wait_for_finished_trials(run_dir, count=1)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    assert not (run_dir / "trials.csv").exists()
+    exported = {
+        trial: (run_dir / "trials" / trial / "export" / "model.json").stat().st_mtime for trial in finished
+    }
+    result = run(load_spec(spec_file))
+    trials = read_trials(run_dir)
+    assert len(trials) == 3 and result["tune"]["trials"] == 3
+    assert set(finished) <= {t["trial_id"] for t in trials}
+    for trial, mtime in exported.items():  # a finished trial was kept, not trained again
+        assert (run_dir / "trials" / trial / "export" / "model.json").stat().st_mtime == mtime
+
+
+def wait_for_finished_trials(run_dir: Path, count: int, timeout: float = 420) -> list[str]:
+    """Trial ids whose pretrain run has exported (the trial is over once Tune has its last result: give
+    Tune a few seconds to record it in the experiment state)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = sorted(p.parents[1].name for p in (run_dir / "trials").glob("*/export/model.json"))
+        if len(done) >= count:
+            time.sleep(8)
+            return done
+        time.sleep(0.5)
+    raise TimeoutError(f"fewer than {count} finished trials in {run_dir} after {timeout} s")
