@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -78,3 +82,38 @@ def local_ray():
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()
+
+
+def ingest_tiny(tmp_path: Path) -> Path:
+    """The tiny pipeline's phantom and ingest steps (on the Ray already started); returns the shards."""
+    import yaml
+
+    from brainvlp.runner import load_spec, run
+
+    spec = _tiny_pipeline(tmp_path)
+    del spec["pretrain"], spec["evaluate"]
+    spec_file = tmp_path / "ingest.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    run(load_spec(spec_file))
+    return tmp_path / "runs" / "tiny" / "ingest"
+
+
+@contextmanager
+def killed_driver(spec_file: Path) -> Iterator[subprocess.Popen]:
+    """``brainvlp run spec_file`` in a process group of its own, with its own embedded Ray, SIGKILLed with
+    all of it (as a lost head node) when the block ends."""
+    repo = Path(__file__).resolve().parents[1]
+    path = f"{repo / 'platform'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "brainvlp.cli", "run", str(spec_file)],
+        env={**env, "PYTHONPATH": path},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        yield driver
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()

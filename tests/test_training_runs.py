@@ -14,10 +14,7 @@ DeepSpeed options, tracking, checkpoints, exact resume and fault tolerance.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,20 +24,14 @@ import pytest
 import yaml
 
 from brainvlp.runner import load_spec, run
+from conftest import ingest_tiny, killed_driver
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory, local_ray, tiny_pipeline) -> Path:
-    tmp_path = tmp_path_factory.mktemp("resume")
-    spec = tiny_pipeline(tmp_path)
-    del spec["pretrain"], spec["evaluate"]
-    spec_file = tmp_path / "ingest.yaml"
-    spec_file.write_text(yaml.safe_dump(spec))
-    run(load_spec(spec_file))
-    return tmp_path / "runs" / "tiny" / "ingest"
+def shards(tmp_path_factory: pytest.TempPathFactory, local_ray) -> Path:
+    return ingest_tiny(tmp_path_factory.mktemp("resume"))
 
 
 def pretrain_spec(
@@ -145,19 +136,8 @@ def test_rerun_after_a_killed_driver_resumes_instead_of_starting_over(
 ) -> None:
     spec_file = pretrain_spec(tmp_path, shards, tiny_pipeline, "driver")
     run_dir = tmp_path / "runs" / "driver"
-    env = {**os.environ, "PYTHONPATH": f"{REPO / 'platform'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "brainvlp.cli", "run", str(spec_file)],
-        env={k: v for k, v in env.items() if k != "RAY_ADDRESS"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its embedded Ray dies with it, as on a lost head node
-    )
-    try:
+    with killed_driver(spec_file):
         wait_for_checkpoints(run_dir)
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
     assert not (run_dir / "metrics.jsonl").exists()
     run(load_spec(spec_file))
     assert "resuming at step" in capfd.readouterr().out

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import csv
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,9 +11,9 @@ import pytest
 import yaml
 
 from brainvlp.runner import load_spec, run
+from conftest import ingest_tiny, killed_driver
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
 SPACE = {
     "loss.name": {"choice": ["clip", "triplet"]},
     "loss.temperature": {"loguniform": [0.03, 0.3], "when": {"loss.name": "clip"}},
@@ -37,21 +34,15 @@ def embedded_ray():
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory, embedded_ray, tiny_pipeline) -> Path:
-    tmp_path = tmp_path_factory.mktemp("tune")
-    spec = tiny_pipeline(tmp_path)
-    del spec["pretrain"], spec["evaluate"]
-    spec_file = tmp_path / "ingest.yaml"
-    spec_file.write_text(yaml.safe_dump(spec))
-    run(load_spec(spec_file))
-    return tmp_path / "runs" / "tiny" / "ingest"
+def shards(tmp_path_factory: pytest.TempPathFactory, embedded_ray) -> Path:
+    return ingest_tiny(tmp_path_factory.mktemp("tune"))
 
 
 def tune_spec(
     tmp_path: Path, shards: Path, tiny_pipeline, name: str, num_samples: int, metric: str = "dev_R@5"
 ) -> Path:
     base = tiny_pipeline(tmp_path, epochs=3)["pretrain"]
-    base["data"]["shards"] = str(shards)
+    base["data"]["shards"] = os.path.relpath(shards)  # relative, as users write them: trials must find it
     base["train"].update(eval_every=4, log_every=4)
     spec = {
         "kind": "tune",
@@ -100,19 +91,8 @@ def test_asha_search_ranks_trials_and_writes_a_rerunnable_best_spec(
 def test_a_killed_tune_driver_resumes_the_study(tmp_path: Path, shards: Path, tiny_pipeline) -> None:
     spec_file = tune_spec(tmp_path, shards, tiny_pipeline, "resumed", num_samples=3)
     run_dir = tmp_path / "runs" / "resumed"
-    env = {**os.environ, "PYTHONPATH": f"{REPO / 'platform'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "brainvlp.cli", "run", str(spec_file)],
-        env={k: v for k, v in env.items() if k != "RAY_ADDRESS"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its embedded Ray dies with it
-    )
-    try:
+    with killed_driver(spec_file):
         finished = wait_for_finished_trials(run_dir, count=1)
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
     assert not (run_dir / "trials.csv").exists()
     exported = {
         trial: (run_dir / "trials" / trial / "export" / "model.json").stat().st_mtime for trial in finished

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from brainvlp.runner import load_spec
-from brainvlp.spec import SpecError
+from brainvlp.spec import SpecError, parse
 from brainvlp.train.config import TrainConfig
 from brainvlp.train.trainer import PretrainSpec
 from brainvlp.tune.job import concurrent_trials
@@ -125,3 +125,14 @@ def test_concurrent_trials_leave_a_cpu_for_reads_and_count_gpus() -> None:
     gpu = TrainConfig(num_workers=4, cpus_per_worker=8, use_gpu=True)
     assert concurrent_trials(gpu, {"CPU": 128.0, "GPU": 8.0}) == 2
     assert concurrent_trials(gpu, {"CPU": 16.0, "GPU": 8.0}) == 1  # never 0
+
+
+def test_a_persistent_optuna_storage_holds_the_study(tmp_path: Path) -> None:
+    """search.storage: the study lives in the named database (here SQLite) as well as in Tune's state."""
+    from brainvlp.tune.job import _tune_config
+
+    spec = load_spec(tune_spec(tmp_path, SPACE))
+    spec.search.storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    config = _tune_config(spec, parse(PretrainSpec, spec.base), steps=12, concurrent=1)
+    assert config.max_concurrent_trials == 1 and config.scheduler._max_t == 13  # past the last step
+    assert optuna.get_all_study_names(spec.search.storage) == ["search"]

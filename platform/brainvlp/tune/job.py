@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +117,9 @@ def run_tune(spec: TuneSpec, run_dir: Path) -> dict[str, Any]:
     check_against_shards(base, index)
     run_dir = run_dir.resolve()
     _check_same_search(spec, run_dir)
+    # Trials read the spec's relative paths (shards, a local text encoder) from the job's directory, as a
+    # pretrain job does, instead of Tune's default of each trial's own directory (Tune passes it on).
+    os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=spec.base, run_dir=str(run_dir), metric=spec.search.metric),
         dict(spec.driver_resources),
@@ -159,7 +163,7 @@ def _tune_config(spec: TuneSpec, base: PretrainSpec, steps: int, concurrent: int
         metric=search.metric,
         mode=search.mode,
         seed=search.seed,
-        study_name=spec.run_name,
+        study_name=spec.run_name or "brainvlp",
         storage=storage,
     )
     scheduler = None

@@ -70,16 +70,16 @@ def _stop_reason(error: BaseException | None, steps: int, planned: int, asha: bo
 def write_results(trials: list[TrialRecord], spec: TuneSpec, run_dir: Path) -> dict[str, Any]:
     """trials.csv / .md, best.yaml, plots and report.md in ``run_dir``; returns the best trial."""
     mode = spec.search.mode
+    name = spec.run_name or run_dir.parent.name  # a pipeline's tune step runs under the pipeline's name
     ranked = rank_trials(trials, mode)
     best = ranked[0] if ranked and ranked[0].best is not None else None
     best_yaml = None
     if best is not None:
         best_spec = parse(PretrainSpec, apply_params(spec.base, best.params))
-        best_spec.run_name = f"{spec.run_name}-best"
-        best_spec.output_root = spec.output_root
+        best_spec.run_name, best_spec.output_root = f"{name}-best", str(run_dir.parent)  # beside the search
         header = (
             f"# The best trial ({best.trial_id}, {spec.search.metric} = {best.best:.4f}) of tune run "
-            f"{spec.run_name!r}, as a complete pretrain spec.\n# Run: brainvlp run {run_dir / 'best.yaml'}\n"
+            f"{name!r}, as a complete pretrain spec.\n# Run: brainvlp run {run_dir / 'best.yaml'}\n"
         )
         best_yaml = header + yaml.safe_dump(to_plain(best_spec), sort_keys=False)
     written = write_tune_report(
@@ -89,7 +89,7 @@ def write_results(trials: list[TrialRecord], spec: TuneSpec, run_dir: Path) -> d
         metric=spec.search.metric,
         mode=mode,
         best_spec_yaml=best_yaml,
-        title=f"Tune run {spec.run_name}",
+        title=f"Tune run {name}",
     )
     print(f"tune: {len(trials)} trials; report in {written.get('report.md', run_dir)}")
     if best is None:
