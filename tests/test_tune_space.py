@@ -77,6 +77,7 @@ def test_a_changed_component_name_starts_its_section_afresh() -> None:
         ({"loguniform": [0.0, 1.0]}, "log scale needs low > 0"),
         ({"int": [1.5, 4]}, "of integers"),
         ({"choice": []}, "non-empty list"),
+        ({"choice": [[1, 1], [2, 2]]}, "options must be scalars"),
         ({"uniform": [0.1, 0.5], "choice": [1]}, "exactly one of"),
         ({"normal": [0, 1]}, "exactly one of"),
         ({"uniform": [0.1, 0.5], "when": {"loss.margin": 0.2}}, "must name another choice of the space"),

@@ -99,6 +99,11 @@ def _parse_args(kind: str, args: Any, where: str) -> Any:
     if kind == "choice":
         if not isinstance(args, list) or not args:
             raise SpecError(where, f"expected a non-empty list of options, found {args!r}")
+        # Optuna records categorical values as plain scalars; a list or mapping belongs in a `value` entry
+        # gated by a choice (e.g. model.qformer: {value: {...}, when: {loss.name: brat}}).
+        nested = [a for a in args if isinstance(a, (list, dict))]
+        if nested:
+            raise SpecError(where, f"options must be scalars (str, number, bool, null), found {nested[0]!r}")
         return tuple(args)
     size = 3 if kind == "qloguniform" else 2
     wanted = int if kind == "int" else (int, float)
