@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from brainvlp.data.ingest import IngestSpec
 from brainvlp.data.phantom import PhantomConfig
+from brainvlp.downstream.job import DownstreamSpec
 from brainvlp.evaluate.job import EvaluateSpec
 from brainvlp.spec import SpecError, apply_overrides, dump_resolved, parse, read_yaml
 from brainvlp.train.trainer import PretrainSpec
@@ -32,7 +33,7 @@ class PhantomSpec:
     dataset: PhantomConfig = field(default_factory=PhantomConfig)
 
 
-STEP_KINDS = ("phantom", "ingest", "pretrain", "tune", "evaluate")
+STEP_KINDS = ("phantom", "ingest", "pretrain", "tune", "downstream", "evaluate")
 
 
 @dataclass
@@ -41,12 +42,14 @@ class PipelineSpec:
     run_name: str | None = None
     output_root: str = "runs"
     steps: tuple[
-        Literal["phantom", "ingest", "pretrain", "tune", "evaluate"], ...
+        Literal["phantom", "ingest", "pretrain", "tune", "downstream", "evaluate"], ...
     ] = ()  # default: those given
     phantom: PhantomSpec | None = None
     ingest: IngestSpec | None = None
-    pretrain: PretrainSpec | None = None
+    # One pretraining, or several by name (each into pretrain/<name>/) for comparisons downstream.
+    pretrain: PretrainSpec | dict[str, PretrainSpec] | None = None
     tune: TuneSpec | None = None
+    downstream: DownstreamSpec | None = None
     evaluate: EvaluateSpec | None = None
 
     def validate(self, path: str) -> None:
@@ -56,10 +59,12 @@ class PipelineSpec:
             sub = getattr(self, step)
             if sub is None:
                 raise SpecError(f"steps: {step!r} is listed but the spec has no {step!r} section", "")
-            if sub.run_name is not None:
-                raise SpecError(
-                    f"{step}.run_name", "set run_name and output_root on the pipeline, not a step"
-                )
+            for name, part in sub.items() if isinstance(sub, dict) else [(None, sub)]:
+                if part.run_name is not None:
+                    where = f"{step}.{name}" if name else step
+                    raise SpecError(
+                        f"{where}.run_name", "set run_name and output_root on the pipeline, not a step"
+                    )
 
 
 JOB_KINDS: dict[str, type] = {
@@ -67,6 +72,7 @@ JOB_KINDS: dict[str, type] = {
     "ingest": IngestSpec,
     "pretrain": PretrainSpec,
     "tune": TuneSpec,
+    "downstream": DownstreamSpec,
     "evaluate": EvaluateSpec,
     "pipeline": PipelineSpec,
 }
@@ -92,29 +98,66 @@ def link_pipeline(spec: PipelineSpec) -> None:
     steps = set(spec.steps)
     if spec.ingest and spec.ingest.manifest is None and "phantom" in steps:
         spec.ingest.manifest = str(run_dir / "phantom" / "manifest.csv")
-    if spec.pretrain and spec.pretrain.data.shards is None and "ingest" in steps:
-        spec.pretrain.data.shards = str(run_dir / "ingest")
-    if spec.tune and spec.tune.base["data"]["shards"] is None and "ingest" in steps:
-        spec.tune.base["data"]["shards"] = str(run_dir / "ingest")
+    ingested = str(run_dir / "ingest") if "ingest" in steps else None
+    exports = _pretrain_exports(spec, run_dir) if "pretrain" in steps else {}
+    for pretrain in _pretrain_steps(spec).values():
+        pretrain.data.shards = pretrain.data.shards or ingested
+    if spec.tune and spec.tune.base["data"]["shards"] is None:
+        spec.tune.base["data"]["shards"] = ingested
+    if spec.downstream:
+        spec.downstream.shards = spec.downstream.shards or ingested
+        for entry in spec.downstream.models:
+            if entry.init == "export" and entry.path is None and entry.name in exports:
+                entry.path = exports[entry.name]
     if spec.evaluate:
-        if spec.evaluate.shards is None and "ingest" in steps:
-            spec.evaluate.shards = str(run_dir / "ingest")
-        if spec.evaluate.model is None and "pretrain" in steps:
-            spec.evaluate.model = str(run_dir / "pretrain" / "export")
+        spec.evaluate.shards = spec.evaluate.shards or ingested
+        if spec.evaluate.model is None and not spec.evaluate.models and len(exports) == 1:
+            spec.evaluate.model = next(iter(exports.values()))
+        elif spec.evaluate.model is None and not spec.evaluate.models:
+            spec.evaluate.models = exports
     for step in spec.steps:
         _require_inputs(step, getattr(spec, step))
+
+
+def _pretrain_steps(spec: PipelineSpec) -> dict[str | None, PretrainSpec]:
+    """The pipeline's pretrainings by name (None for a single, unnamed one)."""
+    if spec.pretrain is None:
+        return {}
+    return dict(spec.pretrain) if isinstance(spec.pretrain, dict) else {None: spec.pretrain}
+
+
+def _pretrain_exports(spec: PipelineSpec, run_dir: Path) -> dict[str, str]:
+    """Export directory of each pretraining, keyed by its name ("pretrain" for a single one)."""
+    return {
+        name or "pretrain": str(run_dir / "pretrain" / (name or "") / "export")
+        for name in _pretrain_steps(spec)
+    }
 
 
 _REQUIRED_INPUTS = {
     "ingest": ("manifest",),
     "pretrain": ("data.shards",),
     "tune": ("base.data.shards",),
-    "evaluate": ("model", "shards"),
+    "downstream": ("shards",),
+    "evaluate": ("shards",),
 }
 
 
 def _require_inputs(step: str, spec: Any) -> None:
-    for dotted in _REQUIRED_INPUTS.get(step, ()):
+    if isinstance(spec, dict):  # named pretrainings
+        for name, part in spec.items():
+            _require_inputs(f"{step}.{name}", part)
+        return
+    if step == "evaluate" and spec.model is None and not spec.models:
+        raise SpecError("evaluate.model", "required (no earlier pipeline step provides it)")
+    if step == "downstream":
+        for index, entry in enumerate(spec.models):
+            if entry.init == "export" and entry.path is None:
+                raise SpecError(
+                    f"downstream.models.{index}.path",
+                    f"required: no pretrain step of this pipeline is named {entry.name!r}",
+                )
+    for dotted in _REQUIRED_INPUTS.get(step.split(".")[0], ()):
         value = spec
         for part in dotted.split("."):
             value = value[part] if isinstance(value, dict) else getattr(value, part)
@@ -134,6 +177,7 @@ def _run_phantom(spec: PhantomSpec, run_dir: Path) -> Any:
 
 def _runner(kind: str) -> Callable[[Any, Path], Any]:
     from brainvlp.data.ingest import run_ingest
+    from brainvlp.downstream.job import run_downstream
     from brainvlp.evaluate.job import run_evaluate
     from brainvlp.train.trainer import run_pretrain
     from brainvlp.tune.job import run_tune
@@ -143,6 +187,7 @@ def _runner(kind: str) -> Callable[[Any, Path], Any]:
         "ingest": run_ingest,
         "pretrain": run_pretrain,
         "tune": run_tune,
+        "downstream": run_downstream,
         "evaluate": run_evaluate,
     }[kind]
 
@@ -162,15 +207,25 @@ def run(spec: Any) -> dict[str, Any]:
             spec.output_root,
         )
     print(f"brainvlp: {spec.kind} run {spec.run_name!r} in {run_dir.resolve()} (ray: {mode})")
-    steps = (
-        [(k, getattr(spec, k), run_dir / k) for k in spec.steps]
-        if spec.kind == "pipeline"
-        else [(spec.kind, spec, run_dir)]
-    )
     results = {}
-    for kind, step_spec, step_dir in steps:
+    for kind, label, step_spec, step_dir in _steps(spec, run_dir):
         step_dir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        results[kind] = _runner(kind)(step_spec, step_dir)
-        print(f"{kind}: done in {time.perf_counter() - start:.1f} s")
+        results[label] = _runner(kind)(step_spec, step_dir)
+        print(f"{label}: done in {time.perf_counter() - start:.1f} s")
     return results
+
+
+def _steps(spec: Any, run_dir: Path) -> list[tuple[str, str, Any, Path]]:
+    """(kind, label, spec, directory) of every step to run, named pretrainings each their own step."""
+    if spec.kind != "pipeline":
+        return [(spec.kind, spec.kind, spec, run_dir)]
+    steps = []
+    for kind in spec.steps:
+        if kind == "pretrain":
+            for name, pretrain in _pretrain_steps(spec).items():
+                label = f"pretrain.{name}" if name else "pretrain"
+                steps.append((kind, label, pretrain, run_dir / "pretrain" / (name or "")))
+        else:
+            steps.append((kind, kind, getattr(spec, kind), run_dir / kind))
+    return steps

@@ -78,6 +78,8 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
         if value is None and type(None) in options:
             return None
         candidates = [o for o in options if o is not type(None)]
+        if isinstance(value, Mapping) and len(candidates) > 1:
+            candidates = _mapping_candidates(candidates, value)
         if len(candidates) == 1:  # Optional[X]: X's own error, with its full path
             return _convert(candidates[0], value, path)
         errors = []
@@ -104,6 +106,15 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return parse(hint, value, path)
     return _convert_scalar(hint, value, path)
+
+
+def _mapping_candidates(candidates: Sequence[Any], value: Mapping) -> list[Any]:
+    """For a mapping under ``X | dict[str, X]`` (one spec, or several by name): X if the mapping uses one
+    of X's keys, else the rest, so that an error inside either form is reported alone, with its path."""
+    for option in candidates:
+        if dataclasses.is_dataclass(option) and set(value) & {f.name for f in dataclasses.fields(option)}:
+            return [option]
+    return [o for o in candidates if not dataclasses.is_dataclass(o)] or list(candidates)
 
 
 def _convert_sequence(hint: Any, value: Any, path: str) -> Any:

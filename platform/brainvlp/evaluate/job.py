@@ -9,7 +9,7 @@ Shape legend: N studies in the split.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +39,7 @@ class EvaluateSpec:
     run_name: str | None = None
     output_root: str = "runs"
     model: str | None = None  # a pretrain export directory; in a pipeline, the pretrain step's
+    models: dict[str, str] = field(default_factory=dict)  # several exports by name, compared side by side
     shards: str | None = None  # an ingest output directory; in a pipeline, the ingest step's
     split: str = "test"
     batch_size: int = 16

@@ -1,0 +1,142 @@
+"""The parts of a ``kind: downstream`` spec: models to compare, the fit, the protocol; and how each model's
+initial backbone weights are found (a pretrain export, an arbitrary state dict, or none)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from brainvlp.models.base import VisionConfig
+from brainvlp.spec import SpecError, parse
+
+
+@dataclass
+class ModelEntry:
+    """One model of the comparison. ``init``:
+
+    - ``export``: the image encoder of a pretrain export (``path``; in a pipeline, the export of the pretrain
+      step named like this entry when ``path`` is unset), with the export's backbone and pooling;
+    - ``scratch``: ``vision`` randomly initialised;
+    - ``state_dict``: ``vision`` loaded from a ``.safetensors`` / ``.pt`` file (``path``), keys starting with
+      ``prefix`` (stripped), e.g. MedicalNet weights or another codebase's checkpoint.
+    """
+
+    name: str
+    init: Literal["export", "scratch", "state_dict"] = "export"
+    path: str | None = None
+    vision: VisionConfig | None = None  # required for scratch and state_dict; exports carry their own
+    image_pool: Literal["mean", "flatten"] | None = None  # default: the export's, else mean
+    prefix: str = ""
+    mode: Literal["linear_probe", "finetune"] = "finetune"
+    freeze_stages: int = 0  # finetune: freeze the first k backbone stages (pLGG)
+    dropout: float = 0.0
+
+    def validate(self, path: str) -> None:
+        if self.init != "export" and self.vision is None:
+            raise SpecError(f"{path}.vision", f"required for init {self.init!r} (exports carry their own)")
+        if self.init == "export" and self.vision is not None:
+            raise SpecError(f"{path}.vision", "an export brings its backbone; leave vision unset")
+        if self.init == "state_dict" and self.path is None:
+            raise SpecError(f"{path}.path", "required for init 'state_dict': a .safetensors or .pt file")
+        if self.init == "scratch" and self.path is not None:
+            raise SpecError(f"{path}.path", "a scratch model loads no weights")
+        if self.mode == "linear_probe" and self.freeze_stages:
+            raise SpecError(f"{path}.freeze_stages", "a linear probe freezes the whole backbone already")
+        if self.freeze_stages < 0:
+            raise SpecError(f"{path}.freeze_stages", f"must be >= 0, found {self.freeze_stages}")
+
+
+@dataclass
+class FitConfig:
+    epochs: int = 20  # finetune epochs over the run's training rows
+    probe_epochs: int = 100  # linear probes train only a head on cached features: cheap
+    batch_size: int = 16
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = 1e-3
+    probe_lr: float = 1e-2
+    weight_decay: float = 1e-4
+    schedule: Literal["constant", "cosine", "step"] = "cosine"
+    step_epochs: int = 10  # schedule "step": StepLR every this many epochs (pLGG)
+    gamma: float = 0.1
+    explain_threshold: float = 0.01  # pLGG's attention threshold for the Dice against lesion masks
+    explain_studies: int = 16  # explained test studies per run (with a lesion), to bound Grad-CAM's cost
+    keep_heat_maps: int = 2  # explanation maps a run returns for the report's overlays
+
+    def validate(self, path: str) -> None:
+        for name in ("epochs", "probe_epochs", "batch_size", "step_epochs"):
+            if getattr(self, name) < 1:
+                raise SpecError(f"{path}.{name}", f"must be >= 1, found {getattr(self, name)}")
+        if not 0 <= self.explain_threshold < 1:
+            raise SpecError(f"{path}.explain_threshold", "must lie in [0, 1)")
+
+
+@dataclass
+class ProtocolConfig:
+    folds: int = 5  # k-fold cross-validation by patient, stratified by label (pLGG: 5)
+    fractions: tuple[float, ...] = (0.01, 0.1, 1.0)  # of each training fold, drawn per seed
+    seeds: int = 10  # brat Table 7
+    fold_seed: int = 0  # the fold assignment is fixed across seeds and models: runs differ in seed only
+    splits: tuple[str, ...] = ("train", "dev", "test")  # shard splits that make the cross-validated data set
+    external_test: str | None = None  # a shard split scored by every run in addition to its test fold
+
+    def validate(self, path: str) -> None:
+        if self.folds < 2:
+            raise SpecError(f"{path}.folds", f"need at least 2 folds, found {self.folds}")
+        if self.seeds < 1:
+            raise SpecError(f"{path}.seeds", f"need at least 1 seed, found {self.seeds}")
+        if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
+            raise SpecError(f"{path}.fractions", f"each must lie in (0, 1], found {list(self.fractions)}")
+        if self.external_test in self.splits:
+            raise SpecError(f"{path}.external_test", "must not be one of the cross-validated splits")
+
+
+@dataclass
+class ResourcesConfig:
+    cpus_per_run: float = 1.0
+    gpus_per_run: float = 0.0
+    threads_per_run: int = 1  # torch intra-op threads in each run
+
+
+def resolve_init(entry: ModelEntry, in_channels: int, volume_shape: tuple[int, ...]) -> dict[str, Any]:
+    """The entry's backbone config, pooling and initial backbone state dict (None: random init)."""
+    if entry.init == "scratch":
+        return {"vision": entry.vision, "image_pool": entry.image_pool or "mean", "state_dict": None}
+    if entry.init == "state_dict":
+        return {
+            "vision": entry.vision,
+            "image_pool": entry.image_pool or "mean",
+            "state_dict": _read_state_dict(Path(entry.path), entry.prefix),
+        }
+    from brainvlp.export import load_export
+
+    model, meta = load_export(entry.path)
+    shape = (meta["in_channels"], *meta["volume_shape"])
+    if shape != (in_channels, *volume_shape):
+        raise ValueError(
+            f"model {entry.name!r}: export {entry.path} takes C x D x H x W = {shape}, the shards hold "
+            f"{(in_channels, *volume_shape)}; ingest with the export's sequences and volume shape"
+        )
+    return {
+        "vision": parse(VisionConfig, meta["model"]["vision"], f"{entry.path}: model.vision"),
+        "image_pool": entry.image_pool or meta["model"].get("image_pool", "mean"),
+        "state_dict": model.vision.state_dict(),
+    }
+
+
+def _read_state_dict(path: Path, prefix: str) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise FileNotFoundError(f"state dict {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+    picked = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if not picked:
+        raise ValueError(f"{path}: no tensor names start with prefix {prefix!r} (first: {next(iter(state))})")
+    return picked
