@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -189,3 +190,24 @@ def test_read_checkpoint_round_trips_and_refuses_pickled_objects(tmp_path: Path)
         read_checkpoint(tmp_path / "evil.pt")
     with pytest.raises(ValueError, match=r"expected a \.safetensors"):
         read_checkpoint(tmp_path / "brat.ckpt")
+
+
+def test_downstream_fine_tunes_the_densenet_of_a_published_checkpoint(model, tmp_path: Path) -> None:
+    from brainvlp.downstream.config import ModelEntry, resolve_init
+    from brainvlp.downstream.fit import TaskData, build_classifier
+
+    state = lavis_state(model)
+    torch.save({"model": state}, tmp_path / "brat.pth")
+    entry = parse(
+        ModelEntry,
+        {"name": "brat", "init": "state_dict", "path": str(tmp_path / "brat.pth"), "adapter": "lavis",
+         "vision": CONFIG["vision"]},
+        "models.0",
+    )  # fmt: skip
+    data = TaskData(np.zeros((2, 1, 64, 64, 64), np.int16), [None, None], np.array([0, 1]), "binary", 1, 1.0)
+    classifier = build_classifier(entry, resolve_init(entry, 1, (64, 64, 64)), data)
+    ours = classifier.backbone.features.state_dict()
+    reference = DualEncoder(parse(ModelConfig, CONFIG, "model"), in_channels=1, volume_shape=(64, 64, 64))
+    load_lavis_state_dict(reference, state)
+    assert ours.keys() == reference.vision.features.state_dict().keys()
+    assert all(torch.equal(v, reference.vision.features.state_dict()[k]) for k, v in ours.items())

@@ -129,3 +129,61 @@ def _loss_terms(loss: dict) -> set[str]:
     diversity = loss.get("diversity", "dpp" if loss["name"] == "brat" else "none")
     terms = {"contrastive_loss"} | ({f"{diversity}_loss"} if diversity != "none" else set())
     return terms | ({"itg_loss"} if loss["name"] == "brat" else set())
+
+
+def _run_spec(tmp_path: Path, spec: dict) -> Path:
+    spec_file = tmp_path / f"{spec['kind']}.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    run(load_spec(spec_file))
+    return Path(spec["output_root"]) / spec_file.stem
+
+
+def test_downstream_compares_pretrained_and_scratch_with_intervals(tiny_run, tmp_path: Path) -> None:
+    run_dir, _ = tiny_run
+    vision = {"name": "resnet", "layers": [1, 1, 1, 1], "widths": [4, 8, 8, 16], "max_pool": False}
+    spec = {
+        "kind": "downstream",
+        "output_root": str(tmp_path),
+        "shards": str(run_dir / "ingest"),
+        "task": {"name": "enhancement", "finding": "enhancing_lesion", "type": "binary"},
+        "models": [
+            {"name": "pretrained", "path": str(run_dir / "pretrain" / "export"), "mode": "linear_probe"},
+            {"name": "finetuned", "path": str(run_dir / "pretrain" / "export"), "freeze_stages": 2},
+            {"name": "scratch", "init": "scratch", "vision": vision},
+        ],
+        "protocol": {"folds": 2, "seeds": 2, "fractions": [0.5, 1.0]},
+        "fit": {"epochs": 1, "probe_epochs": 5, "batch_size": 4, "explain_studies": 2},
+        "bootstrap": {"resamples": 50},
+    }
+    out = _run_spec(tmp_path, spec)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["runs"]) == 3 * 2 * 2 * 2  # models x folds x seeds x fractions
+    studies = 23 - sum(metrics["left_out"].values())  # every study is in the task or counted as left out
+    assert len(metrics["runs"]) and all(r["num_samples"] < studies for r in metrics["runs"])
+    for model in ("pretrained", "finetuned", "scratch"):
+        for fraction in ("0.5", "1.0"):
+            auc = metrics["summary"][model][fraction]["auc_mean"]
+            assert auc["n"] == 2 and auc["low"] <= auc["estimate"] <= auc["high"]
+            assert 0 <= metrics["summary"][model][fraction]["dice_3d"]["estimate"] <= 1
+    report = (out / "report.md").read_text()
+    assert "| scratch |" in report and "50 % of the training labels" in report
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3 and 'src="roc.png"' not in html
+
+
+def test_evaluate_puts_several_models_side_by_side(tiny_run, tmp_path: Path) -> None:
+    run_dir, _ = tiny_run
+    export = str(run_dir / "pretrain" / "export")
+    spec = {
+        "kind": "evaluate",
+        "output_root": str(tmp_path),
+        "shards": str(run_dir / "ingest"),
+        "models": {"first": export, "second": export},
+    }
+    out = _run_spec(tmp_path, spec)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"first", "second"}
+    assert metrics["models"]["first"]["metrics"] == metrics["models"]["second"]["metrics"]
+    report = (out / "report.md").read_text()
+    assert "| first |" in report and "| second |" in report and "per finding" in report
+    assert (out / "report.html").exists() and (out / "training_curves.png").exists()

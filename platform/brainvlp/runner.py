@@ -107,10 +107,13 @@ def link_pipeline(spec: PipelineSpec) -> None:
     if spec.downstream:
         spec.downstream.shards = spec.downstream.shards or ingested
         for entry in spec.downstream.models:
-            if entry.init == "export" and entry.path is None and entry.name in exports:
-                entry.path = exports[entry.name]
+            source = entry.pretrain or entry.name
+            if entry.init == "export" and entry.path is None and source in exports:
+                entry.path = exports[source]
     if spec.evaluate:
         spec.evaluate.shards = spec.evaluate.shards or ingested
+        if spec.evaluate.downstream is None and "downstream" in steps:
+            spec.evaluate.downstream = str(run_dir / "downstream")
         if spec.evaluate.model is None and not spec.evaluate.models and len(exports) == 1:
             spec.evaluate.model = next(iter(exports.values()))
         elif spec.evaluate.model is None and not spec.evaluate.models:
@@ -155,7 +158,7 @@ def _require_inputs(step: str, spec: Any) -> None:
             if entry.init == "export" and entry.path is None:
                 raise SpecError(
                     f"downstream.models.{index}.path",
-                    f"required: no pretrain step of this pipeline is named {entry.name!r}",
+                    f"required: no pretrain step of this pipeline is named {entry.pretrain or entry.name!r}",
                 )
     for dotted in _REQUIRED_INPUTS.get(step.split(".")[0], ()):
         value = spec

@@ -4,7 +4,6 @@ initial backbone weights are found (a pretrain export, an arbitrary state dict, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -17,19 +16,23 @@ from brainvlp.spec import SpecError, parse
 class ModelEntry:
     """One model of the comparison. ``init``:
 
-    - ``export``: the image encoder of a pretrain export (``path``; in a pipeline, the export of the pretrain
-      step named like this entry when ``path`` is unset), with the export's backbone and pooling;
+    - ``export``: the image encoder of a pretrain export (``path``; in a pipeline, when ``path`` is unset, the
+      export of the pretrain step named ``pretrain``, by default the entry's own name), with the export's
+      backbone and pooling;
     - ``scratch``: ``vision`` randomly initialised;
     - ``state_dict``: ``vision`` loaded from a ``.safetensors`` / ``.pt`` file (``path``), keys starting with
-      ``prefix`` (stripped), e.g. MedicalNet weights or another codebase's checkpoint.
+      ``prefix`` (stripped), e.g. MedicalNet weights or another codebase's checkpoint; ``adapter: lavis``
+      maps a published brat checkpoint's DenseNet (``models.lavis``) instead.
     """
 
     name: str
     init: Literal["export", "scratch", "state_dict"] = "export"
     path: str | None = None
+    pretrain: str | None = None  # in a pipeline: the named pretrain step whose export to start from
     vision: VisionConfig | None = None  # required for scratch and state_dict; exports carry their own
     image_pool: Literal["mean", "flatten"] | None = None  # default: the export's, else mean
-    prefix: str = ""
+    prefix: str = ""  # state_dict: keep the tensors whose names start with it, without it
+    adapter: Literal["none", "lavis"] = "none"  # lavis: a published brat (LAVIS / BLIP-2) checkpoint
     mode: Literal["linear_probe", "finetune"] = "finetune"
     freeze_stages: int = 0  # finetune: freeze the first k backbone stages (pLGG)
     dropout: float = 0.0
@@ -41,6 +44,10 @@ class ModelEntry:
             raise SpecError(f"{path}.vision", "an export brings its backbone; leave vision unset")
         if self.init == "state_dict" and self.path is None:
             raise SpecError(f"{path}.path", "required for init 'state_dict': a .safetensors or .pt file")
+        if self.pretrain is not None and (self.init != "export" or self.path is not None):
+            raise SpecError(
+                f"{path}.pretrain", "names a pipeline's pretrain step for init 'export' without path"
+            )
         if self.init == "scratch" and self.path is not None:
             raise SpecError(f"{path}.path", "a scratch model loads no weights")
         if self.mode == "linear_probe" and self.freeze_stages:
@@ -108,7 +115,7 @@ def resolve_init(entry: ModelEntry, in_channels: int, volume_shape: tuple[int, .
         return {
             "vision": entry.vision,
             "image_pool": entry.image_pool or "mean",
-            "state_dict": _read_state_dict(Path(entry.path), entry.prefix),
+            "state_dict": _read_state_dict(entry),
         }
     from brainvlp.export import load_export
 
@@ -126,17 +133,17 @@ def resolve_init(entry: ModelEntry, in_channels: int, volume_shape: tuple[int, .
     }
 
 
-def _read_state_dict(path: Path, prefix: str) -> dict[str, torch.Tensor]:
-    if not path.exists():
-        raise FileNotFoundError(f"state dict {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+def _read_state_dict(entry: ModelEntry) -> dict[str, torch.Tensor]:
+    from brainvlp.models.lavis import lavis_vision_state, read_checkpoint
 
-        state = load_file(str(path))
+    state = read_checkpoint(entry.path)
+    if entry.adapter == "lavis":
+        picked = lavis_vision_state(state)
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-    picked = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        picked = {k[len(entry.prefix) :]: v for k, v in state.items() if k.startswith(entry.prefix)}
     if not picked:
-        raise ValueError(f"{path}: no tensor names start with prefix {prefix!r} (first: {next(iter(state))})")
+        raise ValueError(
+            f"model {entry.name!r}: no backbone weights in {entry.path} (adapter {entry.adapter!r}, prefix "
+            f"{entry.prefix!r}; the file's first names: {', '.join(list(state)[:3])})"
+        )
     return picked

@@ -63,22 +63,25 @@ def build_classifier(entry: ModelEntry, init: dict[str, Any], data: TaskData) ->
         dropout=entry.dropout,
     )
     if init["state_dict"] is not None:
-        model.backbone.load_state_dict(init["state_dict"], strict=True)
+        try:
+            model.backbone.load_state_dict(init["state_dict"], strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"model {entry.name!r}: its weights do not fit its backbone: {err}") from err
     return model
 
 
 def embed_tokens(model: Classifier, data: TaskData, batch_size: int) -> dict[str, np.ndarray]:
     """Frozen-backbone token maps ``N x P x F`` (and self-attention ``N x P`` where there is one)."""
-    model.eval()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
     tokens, attention = [], []
     with torch.no_grad():
         for start in range(0, len(data.y), batch_size):
-            tokens.append(
-                model.backbone(_volumes(data, np.arange(start, min(start + batch_size, len(data.y)))))
-            )
+            index = np.arange(start, min(start + batch_size, len(data.y)))
+            tokens.append(model.backbone(_volumes(data, index, device)).float().cpu())
             attn_BPP = getattr(model.backbone, "last_attention_BPP", None)
             if attn_BPP is not None:
-                attention.append(attn_BPP.mean(1))
+                attention.append(attn_BPP.mean(1).float().cpu())
     out = {"tokens_NPF": torch.cat(tokens).numpy()}
     if attention:
         out["attention_NP"] = torch.cat(attention).numpy()
@@ -98,18 +101,20 @@ def run_once(
     ``rows["explain"]`` (test rows with a lesion). ``cached`` holds ``embed_tokens``'s output for probes."""
     torch.manual_seed(seed)
     scored = np.concatenate([rows["test"], rows["external"]])
-    model = build_classifier(entry, init, data)
+    # A run given a GPU (resources.gpus_per_run) sees it as CUDA; Ray hides it from the other runs.
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_classifier(entry, init, data).to(device)
     if entry.mode == "linear_probe":
         if cached is None:
             raise ValueError("a linear probe needs the cached token maps of its frozen backbone")
-        tokens_NPF = torch.tensor(cached["tokens_NPF"])
+        tokens_NPF = torch.tensor(cached["tokens_NPF"], device=device)
         probe = lambda index: model.head(model.pool(tokens_NPF[index]))  # noqa: E731
         _train(model.head, probe, data, fit, rows["train"], seed)
         scores = _predict(probe, data, scored)
-        heat = _probe_explanations(model, cached, rows["explain"])
+        heat = _probe_explanations(model, tokens_NPF, cached.get("attention_NP"), rows["explain"])
     else:
         freeze_stages(model.backbone, entry.freeze_stages)
-        finetune = lambda index: model(_volumes(data, index))  # noqa: E731
+        finetune = lambda index: model(_volumes(data, index, device))  # noqa: E731
         _train(model, finetune, data, fit, rows["train"], seed)
         scores = _predict(finetune, data, scored)
         heat = _explanations(model, data, rows["explain"], fit.batch_size)
@@ -123,8 +128,9 @@ def run_once(
     return result
 
 
-def _volumes(data: TaskData, index: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(data.volumes_NCDHW[index].astype(np.float32) / data.scale_max)
+def _volumes(data: TaskData, index: np.ndarray, device: torch.device | None = None) -> torch.Tensor:
+    volume = torch.from_numpy(data.volumes_NCDHW[index].astype(np.float32) / data.scale_max)
+    return volume.to(device) if device is not None else volume
 
 
 def _loss(logits_BK: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
@@ -146,13 +152,14 @@ def _train(
     steps_per_epoch = math.ceil(len(train_rows) / fit.batch_size)
     schedule = _schedule(fit, optimizer, epochs * steps_per_epoch, steps_per_epoch)
     rng = np.random.default_rng(seed)
-    y = torch.tensor(data.y)  # a copy: arrays from the object store are read-only
+    device = next(module.parameters()).device
+    y = torch.tensor(data.y, device=device)  # a copy: arrays from the object store are read-only
     module.train()
     _freeze_norms(module)
     for _ in range(epochs):
-        order = rng.permutation(train_rows)
-        for start in range(0, len(order), fit.batch_size):
-            index = np.sort(order[start : start + fit.batch_size])
+        # Near-equal batches: a trailing batch of one study would trip batch norm on small feature maps.
+        for batch in np.array_split(rng.permutation(train_rows), steps_per_epoch):
+            index = np.sort(batch)
             loss = _loss(logits_of(index), y[index], data.task)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -189,6 +196,7 @@ def _schedule(fit: FitConfig, optimizer: torch.optim.Optimizer, total: int, per_
 def _predict(logits_of: Any, data: TaskData, rows: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         logits_NK = torch.cat([logits_of(rows[s : s + 64]) for s in range(0, len(rows), 64)])
+    logits_NK = logits_NK.float().cpu()
     if data.task == "multiclass":
         return torch.softmax(logits_NK, -1).numpy()
     probs_NK = torch.sigmoid(logits_NK).numpy()
@@ -201,22 +209,24 @@ def _explanations(
     heat = []
     for start in range(0, len(rows), batch_size):
         index = rows[start : start + batch_size]
-        volume = _volumes(data, index)
+        volume = _volumes(data, index, next(model.parameters()).device)
         with torch.no_grad():
             target_B = model(volume).argmax(-1)  # the predicted class; binary: the one output
-        heat.extend(zip(index.tolist(), model.explain(volume, target_B).numpy(), strict=True))
+        heat.extend(zip(index.tolist(), model.explain(volume, target_B).float().cpu().numpy(), strict=True))
     return heat
 
 
 def _probe_explanations(
-    model: Classifier, cached: dict[str, np.ndarray], rows: np.ndarray
+    model: Classifier, tokens_NPF: torch.Tensor, attention_NP: np.ndarray | None, rows: np.ndarray
 ) -> list[tuple[int, np.ndarray]]:
+    """A probe's explanations from the cached token maps: the backbone's self-attention, else Grad-CAM
+    through the head alone (the frozen backbone's part of the gradient is the same for every class)."""
     if len(rows) == 0:
         return []
-    if "attention_NP" in cached:
-        return list(zip(rows.tolist(), cached["attention_NP"][rows], strict=True))
-    tokens_BPF = torch.tensor(cached["tokens_NPF"][rows], requires_grad=True)
+    if attention_NP is not None:
+        return list(zip(rows.tolist(), attention_NP[rows], strict=True))
+    tokens_BPF = tokens_NPF[torch.as_tensor(rows, device=tokens_NPF.device)].clone().requires_grad_(True)
     with torch.enable_grad():
         logits_BK = model.head(model.pool(tokens_BPF))
         cam_BP = grad_cam(tokens_BPF, logits_BK, logits_BK.detach().argmax(-1))
-    return list(zip(rows.tolist(), cam_BP.numpy(), strict=True))
+    return list(zip(rows.tolist(), cam_BP.float().cpu().numpy(), strict=True))

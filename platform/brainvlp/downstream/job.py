@@ -56,11 +56,12 @@ class DownstreamSpec:
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
 
     def validate(self, path: str) -> None:
+        where = f"{path}.models" if path else "models"
         if not self.models:
-            raise SpecError(f"{path}.models" if path else "models", "list at least one model to train")
+            raise SpecError(where, "list at least one model to train")
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
-            raise SpecError("models", f"model names must be unique, found {names}")
+            raise SpecError(where, f"model names must be unique, found {names}")
 
 
 @dataclass
@@ -122,6 +123,7 @@ def _threads(count: int) -> None:
 @ray.remote
 def _embed_task(entry: ModelEntry, init: dict[str, Any], data: TaskData, batch_size: int, threads: int):
     _threads(threads)
+    torch.manual_seed(0)  # a scratch probe's frozen random backbone: the same whichever worker builds it
     return embed_tokens(build_classifier(entry, init, data), data, batch_size)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -237,6 +238,7 @@ def _markdown(spec, data: TaskData, labels: TaskLabels, folds_N, summary, plots:
     ]
     for fraction in spec.protocol.fractions:
         lines += [f"## {_percent(fraction)} of the training labels", "", *_table(spec, summary, fraction), ""]
+    lines += _class_table(spec, summary, labels.class_names, max(spec.protocol.fractions))
     for key, caption in (
         ("label_efficiency", "Label efficiency: mean AUC with its interval over seeds"),
         ("roc", "ROC curves (out-of-fold, first seed, all labels)"),
@@ -267,6 +269,26 @@ def _table(spec: Any, summary: Mapping, fraction: float) -> list[str]:
         cells = [row[k].format() if row.get(k) is not None else "-" for k in columns]
         lines.append(f"| {entry.name} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _class_table(spec: Any, summary: Mapping, class_names: Sequence[str], fraction: float) -> list[str]:
+    """One-vs-rest AUC per class (binary tasks: the positive class) at ``fraction``."""
+    keys = [k for k in summary[(spec.models[0].name, fraction)] if re.fullmatch(r"auc_\d+", k)]
+    names = [class_names[int(k[4:])] for k in keys]
+    lines = [
+        f"## AUC per class at {_percent(fraction)} of the labels (one vs rest)",
+        "",
+        "| model | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(keys),
+    ]
+    for entry in spec.models:
+        row = summary[(entry.name, fraction)]
+        lines.append(f"| {entry.name} | " + " | ".join(_cell(row.get(k)) for k in keys) + " |")
+    return [*lines, ""]
+
+
+def _cell(interval: Interval | None) -> str:
+    return interval.format() if interval is not None else "-"
 
 
 def _sample_table(spec: Any, summary: Mapping, level: str) -> list[str]:

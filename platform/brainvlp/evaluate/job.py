@@ -19,8 +19,9 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
-from brainvlp.data.shards import read_index, split_files
-from brainvlp.evaluate.report import format_retrieval_table, write_retrieval_report
+from brainvlp.data.shards import decode_volumes, read_index, split_files
+from brainvlp.evaluate.compare import write_comparison_report
+from brainvlp.evaluate.report import format_retrieval_table
 from brainvlp.evaluate.retrieval import (
     chance_levels,
     retrieval_metrics_from_scores,
@@ -40,6 +41,7 @@ class EvaluateSpec:
     output_root: str = "runs"
     model: str | None = None  # a pretrain export directory; in a pipeline, the pretrain step's
     models: dict[str, str] = field(default_factory=dict)  # several exports by name, compared side by side
+    downstream: str | None = None  # a downstream run directory whose tables join the report
     shards: str | None = None  # an ingest output directory; in a pipeline, the ingest step's
     split: str = "test"
     batch_size: int = 16
@@ -47,11 +49,12 @@ class EvaluateSpec:
 
 @ray.remote(num_cpus=1)
 def score_split(model_dir: str, files: list[str], batch_size: int) -> dict[str, Any]:
-    """The image-by-report score matrix of every study in ``files``; a Ray task, so it runs on a worker."""
+    """The image-by-report score matrix of every study in ``files`` (and Q-Former views with their
+    attention, for the collapse diagnostics); a Ray task, so it runs on a worker."""
     model, meta = load_export(model_dir)
     scoring = meta.get("scoring", "dot")  # exports from before scorings were recorded are dot-product
     task = PretrainTask(model, loss=None, scale_max=meta["scale_max"], augment=None).eval()
-    images, texts, findings, study_ids = [], [], [], []
+    images, texts, views, attention = [], [], [], []
     with torch.no_grad():
         for path in files:
             table = pq.read_table(path, columns=BATCH_COLUMNS)
@@ -62,38 +65,83 @@ def score_split(model_dir: str, files: list[str], batch_size: int) -> dict[str, 
                 out = task.represent(collate(numpy_batch, pad_id=meta["pad_token_id"]), NEEDS[scoring])
                 images.append({k: out[k].float() for k in IMAGE_KEYS if k in out})
                 texts.append({k: out[k] for k in TEXT_KEYS if k in out})
-                findings.extend(batch.column("findings").to_pylist())
-                study_ids.extend(batch.column("study_id").to_pylist())
-    sim_NN = score_matrix(scoring, concat(images), concat(texts))
-    return {"sim_NN": sim_NN, "scoring": scoring, "findings": findings, "study_ids": study_ids}
+                if "views" in out:
+                    views.append(out["views"].float())
+                    attention.append(out["attn"].float())
+    result = {"sim_NN": score_matrix(scoring, concat(images), concat(texts)).numpy(), "scoring": scoring}
+    if views:
+        result["views_NQE"], result["attn_NQP"] = torch.cat(views).numpy(), torch.cat(attention).numpy()
+    return result
+
+
+def read_study_side(files: list[str]) -> dict[str, Any]:
+    """What the report shows of the split's studies: finding labels, the first sequence's volume (scaled to
+    [0, 1] per study for display), its middle axial slice, and the lesion masks."""
+    finding_sets, volumes, masks = [], [], []
+    for path in files:
+        table = pq.read_table(path, columns=["volume", "volume_shape", "mask", "findings"])
+        finding_sets += [
+            positive_findings(json.loads(f) if f else None) for f in table.column("findings").to_pylist()
+        ]
+        decoded = decode_volumes(table.column("volume").to_pylist(), table.column("volume_shape").to_pylist())
+        for volume_CDHW, mask in zip(decoded, table.column("mask").to_pylist(), strict=True):
+            first_DHW = volume_CDHW[0].astype(np.float32)
+            volumes.append(first_DHW / max(float(first_DHW.max()), 1.0))
+            masks.append(None if mask is None else np.frombuffer(mask, np.uint8).reshape(first_DHW.shape))
+    slices = [v[v.shape[0] // 2] for v in volumes]
+    return {"finding_sets": finding_sets, "volumes_NDHW": volumes, "masks_NDHW": masks, "slices_NHW": slices}
+
+
+def training_curves(model_dir: str) -> dict[str, list[tuple[int, float]]]:
+    """Loss and dev retrieval over steps from the pretrain run that wrote the export, if it is beside it."""
+    history = Path(model_dir).parent / "metrics.jsonl"
+    if not history.exists():
+        return {}
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for line in history.read_text().splitlines():
+        record = json.loads(line)
+        for key in ("loss", "dev_R@5", "dev_t2i_R@5", "dev_loss"):
+            if isinstance(record.get(key), (int, float)) and "step" in record:
+                curves.setdefault(key, []).append((int(record["step"]), float(record[key])))
+    return curves
 
 
 def run_evaluate(spec: EvaluateSpec, run_dir: Path) -> dict[str, Any]:
-    if spec.model is None:
-        raise SpecError("model", "required: a pretrain export directory")
+    models = dict(spec.models) or ({"model": spec.model} if spec.model else {})
+    if not models:
+        raise SpecError("model", "required: a pretrain export directory (or models: {name: export})")
     if spec.shards is None:
         raise SpecError("shards", "required: the output directory of an ingest job")
     index = read_index(spec.shards)
     files = split_files(spec.shards, spec.split)
-    result = ray.get(score_split.remote(str(spec.model), files, spec.batch_size))
-    finding_sets = [positive_findings(json.loads(f) if f else None) for f in result["findings"]]
-    sim_NN = result["sim_NN"]
-    metrics = retrieval_metrics_from_scores(sim_NN, finding_sets=finding_sets)
-    chance = chance_levels(len(sim_NN), finding_sets=finding_sets)
+    refs = {name: score_split.remote(str(path), files, spec.batch_size) for name, path in models.items()}
+    study = read_study_side(files)
+    finding_sets = study["finding_sets"]
+    chance = chance_levels(len(finding_sets), finding_sets=finding_sets)
+    results = {}
+    for name, ref in refs.items():
+        result = ray.get(ref)
+        sim_NN = result["sim_NN"] = np.array(result["sim_NN"])  # writable: torch reads it
+        result["metrics"] = retrieval_metrics_from_scores(sim_NN, finding_sets=finding_sets)
+        result["ranks"] = {k: v.numpy() for k, v in retrieval_ranks_from_scores(sim_NN).items()}
+        result["curves"] = training_curves(models[name])
+        results[name] = result
+        print(f"{name} ({result['scoring']}):\n" + format_retrieval_table(result["metrics"], chance))
     details = {
-        "model": str(spec.model),
+        "models": ", ".join(models),
         "shards": str(spec.shards),
         "split": spec.split,
-        "studies": len(sim_NN),
-        "scoring": result["scoring"],
+        "studies": len(finding_sets),
         "studies_with_findings": int(np.sum([bool(s) for s in finding_sets])),
         "sequences": ", ".join(index["sequences"]),
         "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    ranks = retrieval_ranks_from_scores(sim_NN)
-    write_retrieval_report(
-        run_dir, metrics, chance, title="Retrieval evaluation", details=details, ranks=ranks
-    )
-    print(format_retrieval_table(metrics, chance))
-    print(f"evaluate: report written to {run_dir / 'report.md'}")
-    return {"metrics": metrics, "chance": chance}
+    downstream = Path(spec.downstream) if spec.downstream else None
+    report = write_comparison_report(run_dir, results, chance, details, study, downstream)
+    print(f"evaluate: report written to {report} and {report.with_suffix('.html')}")
+    first = next(iter(results.values()))
+    return {
+        "metrics": first["metrics"],
+        "chance": chance,
+        "models": {n: r["metrics"] for n, r in results.items()},
+    }

@@ -37,9 +37,13 @@ class Classifier(nn.Module):
         super().__init__()
         self.backbone = VISION.build(vision, in_channels=in_channels)
         self.image_pool = image_pool
+        # Eval mode: a batch of one must not trip batch norm (a 1 x 1 x 1 last grid) nor move its statistics.
+        self.backbone.eval()
         with torch.no_grad():
             num_positions = self.backbone(torch.zeros(1, in_channels, *volume_shape)).shape[1]
-        self.grid_dhw = token_grid(volume_shape, num_positions)
+        self.backbone.train()
+        depth_averaged = bool(getattr(self.backbone, "average_depth", False))
+        self.grid_dhw = token_grid(volume_shape, num_positions, depth_averaged=depth_averaged)
         in_dim = self.backbone.out_dim * (num_positions if image_pool == "flatten" else 1)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, num_outputs))
 
@@ -68,13 +72,18 @@ def grad_cam(tokens_BPF: torch.Tensor, logits_BK: torch.Tensor, target_B: torch.
     return torch.relu((tokens_BPF * weight_BF[:, None, :]).sum(-1)).detach()
 
 
-def token_grid(volume_shape: Sequence[int], num_positions: int) -> tuple[int, int, int]:
+def token_grid(
+    volume_shape: Sequence[int], num_positions: int, *, depth_averaged: bool | None = None
+) -> tuple[int, int, int]:
     """The (d, h, w) grid that a backbone's P tokens flatten (row-major), found as the volume downsampled by
-    one stride on every axis (ceil division, as strided convolutions and patching do), with depth possibly
-    averaged away (DenseNet's ``average_depth``)."""
-    for stride in sorted({2**k for k in range(9)} | {4 * k for k in range(1, 9)}):
-        grid = tuple(math.ceil(size / stride) for size in volume_shape)
-        for candidate in (grid, (1, *grid[1:])):
+    one stride on every axis (ceil division, as strided convolutions and patching do). ``depth_averaged``
+    (DenseNet's ``average_depth``) makes d = 1; None tries full grids first, then depth-averaged ones."""
+    strides = sorted({2**k for k in range(9)} | {4 * k for k in range(1, 9)})
+    flags = (False, True) if depth_averaged is None else (depth_averaged,)
+    for averaged in flags:
+        for stride in strides:
+            grid = tuple(math.ceil(size / stride) for size in volume_shape)
+            candidate = (1, *grid[1:]) if averaged else grid
             if math.prod(candidate) == num_positions:
                 return candidate
     raise ValueError(f"cannot place {num_positions} tokens on a grid over a {tuple(volume_shape)} volume")

@@ -217,6 +217,17 @@ def load_lavis_state_dict(
     return report
 
 
+def lavis_vision_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The image encoder's weights of a LAVIS checkpoint under our backbone's names (``features.*``): what a
+    downstream classifier fine-tunes from published brat weights, without the Q-Former."""
+    return {
+        target.removeprefix("vision."): value
+        for key, value in state.items()
+        for target in _targets(key)
+        if target.startswith("vision.")
+    }
+
+
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from ``.safetensors`` or a torch file (``.pth``/``.pt``/``.bin``), unwrapping LAVIS's
     ``{"model": state, ...}``. Torch files load with ``weights_only``: no arbitrary objects unpickled."""
