@@ -1,8 +1,11 @@
 """Job kinds, pipelines, and running a spec: validate everything, then start Ray, then run.
 
 Every run writes to ``<output_root>/<run_name>/`` and saves ``spec.resolved.yaml`` there. A pipeline runs its
-``steps`` in order, each into ``<run_dir>/<step>/``; an input a step leaves unset is taken from the step
-before it (ingest reads phantom's manifest, pretrain ingest's shards, evaluate pretrain's export).
+``steps`` in order, each into ``<run_dir>/<step>/``; an input a step leaves unset is taken from the
+pipeline's section of the step before it (ingest reads phantom's manifest, pretrain ingest's shards,
+downstream and evaluate pretrain's exports), whether that step runs now or ran in an earlier invocation
+with the same run name: ``--set steps=[downstream,evaluate]`` reruns the last steps on earlier outputs.
+Named pretrainings (``pretrain: {brat: ..., clip: ...}``) each run into ``<run_dir>/pretrain/<name>/``.
 """
 
 from __future__ import annotations
@@ -95,11 +98,10 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Any:
 def link_pipeline(spec: PipelineSpec) -> None:
     """Fill each step's unset inputs with the outputs of the steps before it."""
     run_dir = Path(spec.output_root) / spec.run_name
-    steps = set(spec.steps)
-    if spec.ingest and spec.ingest.manifest is None and "phantom" in steps:
+    if spec.ingest and spec.ingest.manifest is None and spec.phantom is not None:
         spec.ingest.manifest = str(run_dir / "phantom" / "manifest.csv")
-    ingested = str(run_dir / "ingest") if "ingest" in steps else None
-    exports = _pretrain_exports(spec, run_dir) if "pretrain" in steps else {}
+    ingested = str(run_dir / "ingest") if spec.ingest is not None else None
+    exports = _pretrain_exports(spec, run_dir)
     for pretrain in _pretrain_steps(spec).values():
         pretrain.data.shards = pretrain.data.shards or ingested
     if spec.tune and spec.tune.base["data"]["shards"] is None:
@@ -112,8 +114,10 @@ def link_pipeline(spec: PipelineSpec) -> None:
                 entry.path = exports[source]
     if spec.evaluate:
         spec.evaluate.shards = spec.evaluate.shards or ingested
-        if spec.evaluate.downstream is None and "downstream" in steps:
-            spec.evaluate.downstream = str(run_dir / "downstream")
+        downstream = run_dir / "downstream"
+        ran = "downstream" in spec.steps or (downstream / "metrics.json").exists()
+        if spec.evaluate.downstream is None and spec.downstream is not None and ran:
+            spec.evaluate.downstream = str(downstream)
         if spec.evaluate.model is None and not spec.evaluate.models and len(exports) == 1:
             spec.evaluate.model = next(iter(exports.values()))
         elif spec.evaluate.model is None and not spec.evaluate.models:
