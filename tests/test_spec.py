@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from brainvlp.losses import LOSSES
-from brainvlp.runner import load_spec
+from brainvlp.runner import JOB_KINDS, load_spec
 from brainvlp.spec import SpecError, dump_resolved, to_plain
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def error_of(path: Path, overrides: tuple[str, ...] = ()) -> str:
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_validates(path: Path) -> None:
-    assert load_spec(path).kind in ("pipeline", "ingest", "pretrain", "evaluate", "phantom")
+    assert load_spec(path).kind in JOB_KINDS
 
 
 def _header_overrides(path: Path) -> tuple[str, ...] | None:

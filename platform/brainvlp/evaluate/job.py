@@ -31,7 +31,7 @@ from brainvlp.export import load_export
 from brainvlp.findings import positive_findings
 from brainvlp.losses.scoring import NEEDS, concat, score_matrix
 from brainvlp.spec import SpecError
-from brainvlp.train.task import BATCH_COLUMNS, IMAGE_KEYS, TEXT_KEYS, PretrainTask, collate
+from brainvlp.train.task import BATCH_COLUMNS, IMAGE_KEYS, TEXT_KEYS, PretrainTask, collate, to_device
 
 
 @dataclass
@@ -45,6 +45,7 @@ class EvaluateSpec:
     shards: str | None = None  # an ingest output directory; in a pipeline, the ingest step's
     split: str = "test"
     batch_size: int = 16
+    gpus_per_model: float = 0.0  # each model scores the split in one Ray task; > 0 runs it on a GPU
 
 
 @ray.remote(num_cpus=1)
@@ -53,7 +54,8 @@ def score_split(model_dir: str, files: list[str], batch_size: int) -> dict[str, 
     attention, for the collapse diagnostics); a Ray task, so it runs on a worker."""
     model, meta = load_export(model_dir)
     scoring = meta.get("scoring", "dot")  # exports from before scorings were recorded are dot-product
-    task = PretrainTask(model, loss=None, scale_max=meta["scale_max"], augment=None).eval()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a GPU only if Ray gave one
+    task = PretrainTask(model, loss=None, scale_max=meta["scale_max"], augment=None).eval().to(device)
     images, texts, views, attention = [], [], [], []
     with torch.no_grad():
         for path in files:
@@ -62,7 +64,8 @@ def score_split(model_dir: str, files: list[str], batch_size: int) -> dict[str, 
                 numpy_batch = {
                     name: batch.column(name).to_numpy(zero_copy_only=False) for name in BATCH_COLUMNS
                 }
-                out = task.represent(collate(numpy_batch, pad_id=meta["pad_token_id"]), NEEDS[scoring])
+                batch_on_device = to_device(collate(numpy_batch, pad_id=meta["pad_token_id"]), device)
+                out = {k: v.cpu() for k, v in task.represent(batch_on_device, NEEDS[scoring]).items()}
                 images.append({k: out[k].float() for k in IMAGE_KEYS if k in out})
                 texts.append({k: out[k] for k in TEXT_KEYS if k in out})
                 if "views" in out:
@@ -114,7 +117,8 @@ def run_evaluate(spec: EvaluateSpec, run_dir: Path) -> dict[str, Any]:
         raise SpecError("shards", "required: the output directory of an ingest job")
     index = read_index(spec.shards)
     files = split_files(spec.shards, spec.split)
-    refs = {name: score_split.remote(str(path), files, spec.batch_size) for name, path in models.items()}
+    scorer = score_split.options(num_gpus=spec.gpus_per_model)
+    refs = {name: scorer.remote(str(path), files, spec.batch_size) for name, path in models.items()}
     study = read_study_side(files)
     finding_sets = study["finding_sets"]
     chance = chance_levels(len(finding_sets), finding_sets=finding_sets)

@@ -49,6 +49,9 @@ class TrainConfig:
     num_workers: int = 1
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
+    # Custom Ray resources each worker needs, e.g. {"h100": 1} to place workers on nodes started with
+    # --resources='{"h100": 8}' (CPU and GPU come from cpus_per_worker and use_gpu).
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
     threads_per_worker: int | None = None  # torch intra-op threads; Ray sets 1 per CPU by default
     batch_size: int = 32  # global: split evenly over workers
     epochs: int = 10
@@ -71,6 +74,11 @@ class TrainConfig:
     def validate(self, path: str) -> None:
         if self.num_workers < 1:
             raise SpecError(f"{path}.num_workers", f"must be >= 1, found {self.num_workers}")
+        for name, amount in self.resources_per_worker.items():
+            if name in ("CPU", "GPU"):
+                raise SpecError(f"{path}.resources_per_worker.{name}", "use cpus_per_worker / use_gpu")
+            if amount <= 0:
+                raise SpecError(f"{path}.resources_per_worker.{name}", f"must be > 0, found {amount}")
         if self.batch_size % self.num_workers:
             raise SpecError(
                 f"{path}.batch_size",

@@ -117,7 +117,7 @@ def run_pretrain(spec: PretrainSpec, run_dir: Path, callbacks: Sequence[Any] = (
     (run_dir / "deepspeed.json").write_text(
         json.dumps(deepspeed_config(spec.deepspeed, micro, spec.train.use_gpu))
     )
-    resources = {"CPU": spec.train.cpus_per_worker}
+    resources = {"CPU": spec.train.cpus_per_worker, **spec.train.resources_per_worker}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": to_plain(spec), "index": index, "run_dir": str(run_dir.resolve())},
