@@ -24,7 +24,7 @@ import numpy as np
 from brainvlp.evaluate import plots, plots_images
 from brainvlp.evaluate.classification import bootstrap_ci
 from brainvlp.evaluate.explain import attention_to_volume, explanation_dice
-from brainvlp.evaluate.report import _NOTES, _check_details, _column_title, _format_value, _json_safe
+from brainvlp.evaluate.report import NOTES, check_details, column_title, format_value, json_safe
 from brainvlp.evaluate.retrieval import DIRECTIONS
 from brainvlp.models.classifier import token_grid
 
@@ -57,7 +57,7 @@ def write_comparison_report(
     ``study``: the split's {finding_sets, slices_NHW (middle axial slices), volumes_NDHW, masks_NDHW}."""
     from brainvlp.evaluate.html import write_html_report
 
-    _check_details(details)
+    check_details(details)
     run_dir.mkdir(parents=True, exist_ok=True)
     written_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     findings = {
@@ -88,7 +88,7 @@ def write_comparison_report(
             for name, r in results.items()
         },
     }
-    (run_dir / "metrics.json").write_text(json.dumps(_json_safe(record), indent=2, default=str) + "\n")
+    (run_dir / "metrics.json").write_text(json.dumps(json_safe(record), indent=2, default=str) + "\n")
     figures = _write_figures(run_dir, results, collapse, study)
     report = run_dir / "report.md"
     extra = [_attention_dice_section(attention_dice)] if attention_dice else []
@@ -104,13 +104,13 @@ def retrieval_table(
 ) -> str:
     """brat Table 2's layout for one direction: a row per model, then chance."""
     present = [c for c in COLUMNS if any(c in r["metrics"][direction] for r in results.values())]
-    lines = ["| model | " + " | ".join(_column_title(c) for c in present) + " |"]
+    lines = ["| model | " + " | ".join(column_title(c) for c in present) + " |"]
     lines.append("|---|" + "---:|" * len(present))
     for name, r in results.items():
-        cells = [_format_value(c, r["metrics"][direction].get(c)) for c in present]
+        cells = [format_value(c, r["metrics"][direction].get(c)) for c in present]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append(
-        "| *chance* | " + " | ".join(_format_value(c, chance.get(c), italic=True) for c in present) + " |"
+        "| *chance* | " + " | ".join(format_value(c, chance.get(c), italic=True) for c in present) + " |"
     )
     return "\n".join(lines)
 
@@ -213,7 +213,7 @@ def _markdown(
     ]
     for direction in DIRECTIONS:
         parts.append(f"## {_DIRECTION_TITLES[direction]}\n\n" + retrieval_table(results, chance, direction))
-    parts.append("\n".join(f"- {note}" for note in _NOTES))
+    parts.append("\n".join(f"- {note}" for note in NOTES))
     parts.append(f"![recall@k per model and direction]({figures['recall']})")
     parts.append("## Text → image R@5 per finding\n\n" + _finding_table(findings))
     if "training" in figures:
