@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -116,30 +116,16 @@ def plan_runs(
     return planned
 
 
-def _threads(count: int) -> None:
-    torch.set_num_threads(count)
-
-
 @ray.remote
-def _embed_task(entry: ModelEntry, init: dict[str, Any], data: TaskData, batch_size: int, threads: int):
-    _threads(threads)
+def _in_worker(threads: int, work: Callable[..., Any], *args: Any) -> Any:
+    """``work(*args)`` in a Ray worker with the run's torch thread count (Ray's default is one per CPU)."""
+    torch.set_num_threads(threads)
+    return work(*args)
+
+
+def _embed(entry: ModelEntry, init: dict[str, Any], data: TaskData, batch_size: int) -> dict[str, np.ndarray]:
     torch.manual_seed(0)  # a scratch probe's frozen random backbone: the same whichever worker builds it
     return embed_tokens(build_classifier(entry, init, data), data, batch_size)
-
-
-@ray.remote
-def _run_task(
-    entry: ModelEntry,
-    init: dict[str, Any],
-    data: TaskData,
-    fit: FitConfig,
-    rows: dict[str, np.ndarray],
-    seed: int,
-    cached: dict[str, np.ndarray] | None,
-    threads: int,
-) -> RunResult:
-    _threads(threads)
-    return run_once(entry, init, data, fit, rows, seed, cached)
 
 
 def run_downstream(spec: DownstreamSpec, run_dir: Path) -> dict[str, Any]:
@@ -191,17 +177,16 @@ def _schedule(spec: DownstreamSpec, data: TaskData, folds_N: np.ndarray) -> list
     shape = data.volumes_NCDHW.shape
     entries = {e.name: e for e in spec.models}
     inits = {e.name: ray.put(resolve_init(e, shape[1], tuple(shape[2:]))) for e in spec.models}
+    task = _in_worker.options(**options)
     cached = {
-        e.name: _embed_task.options(**options).remote(
-            e, inits[e.name], data_ref, spec.fit.batch_size, res.threads_per_run
-        )
+        e.name: task.remote(res.threads_per_run, _embed, e, inits[e.name], data_ref, spec.fit.batch_size)
         for e in spec.models
         if e.mode == "linear_probe"
     }
     pending = {}
     for run, rows in plan_runs(spec, data.y, folds_N):
         rows = {**rows, "explain": _explained(data, rows["test"], spec.fit.explain_studies)}
-        ref = _run_task.options(**options).remote(
+        args = (
             entries[run.model],
             inits[run.model],
             data_ref,
@@ -209,9 +194,8 @@ def _schedule(spec: DownstreamSpec, data: TaskData, folds_N: np.ndarray) -> list
             rows,
             run.seed,
             cached.get(run.model),
-            res.threads_per_run,
         )
-        pending[ref] = run
+        pending[task.remote(res.threads_per_run, run_once, *args)] = run
     return _gather(pending)
 
 
