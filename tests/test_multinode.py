@@ -4,8 +4,8 @@ own raylet with a custom ``trainer`` resource (standing in for a GPU label) that
 - Ingest runs on the worker nodes (the head has no CPUs, as on KubeRay with ``num-cpus: "0"``), and a
   2-worker pretraining spreads over two nodes, reading the shards written by ingest tasks on the other nodes
   through the shared path (on a real cluster: the storage every pod mounts).
-- A node killed during pretraining: Ray Train restarts the worker on a node that replaces it and resumes
-  from the last checkpoint.
+- A node killed during pretraining: Ray Train restarts the worker on another node (the spare one, standing
+  in for an autoscaler's replacement) and resumes from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -78,9 +78,10 @@ def _pretrain_spec(tmp_path: Path, shards: Path, tiny_pipeline, name: str, worke
     return spec_file
 
 
-def _nodes_of(actor_class: str, since: float) -> set[str]:
-    actors = list_actors(filters=[("class_name", "=", actor_class)], detail=True, limit=1000)
-    return {a.node_id for a in actors if (a.start_time_ms or 0) / 1000 >= since - 1}
+def _train_workers() -> dict[str, str]:
+    """Actor id -> node id of every Ray Train worker so far, alive or dead."""
+    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=1000)
+    return {a.actor_id: a.node_id for a in actors}
 
 
 def test_ingest_and_two_worker_pretraining_spread_over_nodes(
@@ -90,9 +91,9 @@ def test_ingest_and_two_worker_pretraining_spread_over_nodes(
     head_id = cluster.head_node.node_id
     assert head_id not in ingest_nodes and len(ingest_nodes) >= 2, ingest_nodes
 
-    trained = time.time()
+    earlier = _train_workers()
     run(load_spec(_pretrain_spec(tmp_path, shards, tiny_pipeline, "spread", workers=2)))
-    worker_nodes = _nodes_of("RayTrainWorker", trained)
+    worker_nodes = {node for actor, node in _train_workers().items() if actor not in earlier}
     assert len(worker_nodes) == 2 and head_id not in worker_nodes  # one per node: each needs `trainer`
     # Every training node read shards that tasks on another node wrote.
     assert all(ingest_nodes - {node} for node in worker_nodes)
@@ -118,6 +119,7 @@ def test_a_killed_node_is_replaced_and_training_resumes_from_its_checkpoint(
     cluster, ingested, tmp_path: Path, tiny_pipeline, capfd: pytest.CaptureFixture
 ) -> None:
     shards, _ = ingested
+    earlier = _train_workers()
     spec_file = _pretrain_spec(
         tmp_path, shards, tiny_pipeline, "node-killed", workers=1, checkpoint_every=4, max_failures=2
     )
@@ -129,9 +131,10 @@ def test_a_killed_node_is_replaced_and_training_resumes_from_its_checkpoint(
             time.sleep(0.2)
         victim = _train_worker_node(cluster, started)
         if victim is not None:
+            # The third trainer node stands in for the replacement an autoscaler would start (a node
+            # cannot be added from this thread: Ray installs signal handlers on the main thread).
             cluster.remove_node(victim, allow_graceful=False)
             killed.append(victim.node_id)
-            cluster.add_node(**TRAINER_NODE)  # what an autoscaler does for a lost node
 
     killer = threading.Thread(target=kill_the_training_node, daemon=True)
     killer.start()
@@ -139,5 +142,7 @@ def test_a_killed_node_is_replaced_and_training_resumes_from_its_checkpoint(
     killer.join()
     assert killed, "no node with a training worker was found to kill"
     assert "resuming at step" in capfd.readouterr().out
+    nodes = {node for actor, node in _train_workers().items() if actor not in earlier}
+    assert killed[0] in nodes and len(nodes) == 2  # restarted on another node
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and (run_dir / "export" / "model.safetensors").exists()

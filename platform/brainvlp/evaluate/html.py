@@ -71,6 +71,7 @@ table { border-collapse: collapse; margin: 1em 0; font-size: 0.92rem; max-width:
 th, td { border: 1px solid var(--line); padding: 0.35em 0.75em; vertical-align: top; }
 th { position: sticky; top: 0; background: var(--head); font-weight: 600; text-align: left; }
 td { font-variant-numeric: tabular-nums; }
+td[style*="right"] { white-space: nowrap; }  /* "0.812 [0.790, 0.834]" reads as one value */
 thead:not(:has(th:not(:empty))) { display: none; }  /* key/value tables have an all-empty header row */
 tbody tr:nth-child(even) { background: var(--zebra); }
 img { max-width: 100%; height: auto; display: block; margin: 1em 0; }
