@@ -96,6 +96,7 @@ def two_models():
 def test_writes_strict_json_markdown_plots_and_one_page(tmp_path: Path, two_models):
     results, chance, study = two_models
     results["global"]["metrics"]["image_to_text"]["P@5(F)"] = float("nan")  # must become null, not NaN
+    results["global"]["metrics"]["image_to_text"]["R@1"] = np.float32(0.5)  # numpy scalars: plain numbers
     details = {"models": "views, global", "export": tmp_path / "export", "split": "test"}
     report = write_comparison_report(tmp_path / "run", results, chance, details, study)
     assert report == tmp_path / "run" / "report.md"
@@ -105,6 +106,7 @@ def test_writes_strict_json_markdown_plots_and_one_page(tmp_path: Path, two_mode
         results["views"]["metrics"]["text_to_image"]["R@1"]
     )
     assert record["models"]["global"]["metrics"]["image_to_text"]["P@5(F)"] is None
+    assert record["models"]["global"]["metrics"]["image_to_text"]["R@1"] == 0.5
     assert record["details"]["export"] == str(tmp_path / "export")
     assert record["chance"]["R@1"] == pytest.approx(1 / 60)
     assert set(record["models"]["views"]["collapse"]) >= {"view_collapse", "attention_collapse"}

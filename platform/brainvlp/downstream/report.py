@@ -31,6 +31,7 @@ from brainvlp.evaluate.classification import (
     classification_metrics,
 )
 from brainvlp.evaluate.explain import attention_to_volume
+from brainvlp.evaluate.report import json_safe
 from brainvlp.models.classifier import token_grid
 
 METRICS = {"auc_mean": "AUC", "accuracy": "Acc", "precision": "P", "recall": "R", "f1": "F1"}
@@ -143,25 +144,13 @@ def _write_metrics(run_dir: Path, spec: Any, labels: TaskLabels, runs, data: Tas
         },
         "runs": per_run,
     }
-    (run_dir / "metrics.json").write_text(json.dumps(_json_safe(document), indent=2))
+    (run_dir / "metrics.json").write_text(json.dumps(json_safe(document), indent=2))
 
 
 def _interval_dict(interval: Interval | None) -> dict[str, float] | None:
     if interval is None:
         return None
     return {"estimate": interval.estimate, "low": interval.low, "high": interval.high, "n": interval.n}
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def _write_plots(run_dir, spec, data, labels, folds_N, estimates, summary, runs) -> dict[str, str]:

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from brainvlp.evaluate.retrieval import DIRECTIONS
 
 _DIRECTION_LABELS = {"text_to_image": "text → image", "image_to_text": "image → text"}
@@ -86,7 +88,10 @@ def check_details(details: Mapping[str, Any]) -> None:
 
 
 def json_safe(value: Any) -> Any:
-    """NaN/inf become null so that metrics.json is strict JSON that every reader accepts."""
+    """NaN/inf become null so that metrics.json is strict JSON that every reader accepts; numpy scalars
+    become Python numbers."""
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, Mapping):
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
