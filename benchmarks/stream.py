@@ -66,7 +66,7 @@ import torch
 
 import _shards  # beside this script, which Python puts first on sys.path
 from brainvlp.data.shards import decode_volumes, volume_views
-from brainvlp.train.task import BATCH_COLUMNS, ArrowCollate, collate
+from brainvlp.train.batches import BATCH_COLUMNS, ArrowCollate, collate
 
 TARGET_RAW = 0.8  # Ray path / (a)
 TARGET_NIFTI = 2.0  # Ray path / (c)

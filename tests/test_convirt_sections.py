@@ -14,7 +14,7 @@ from brainvlp.data.reports import SECTION_KEYS
 from brainvlp.losses import LOSSES
 from brainvlp.losses.convirt_sections import ConvirtSectionsLossConfig
 from brainvlp.models.text import section_tokens
-from brainvlp.train.task import section_ids
+from brainvlp.train.batches import section_ids
 
 FINDINGS, IMPRESSION = SECTION_KEYS.index("findings"), SECTION_KEYS.index("impression")
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from brainvlp.data.sampler import SamplerStats, report_key, unique_report_batches
-from brainvlp.train.task import collate
+from brainvlp.train.batches import collate
 
 
 def ray_batches(reports: list[int], rows_per_batch: int) -> Iterator[dict[str, np.ndarray]]:

@@ -31,7 +31,8 @@ from brainvlp.export import load_export
 from brainvlp.findings import positive_findings
 from brainvlp.losses.scoring import NEEDS, concat, score_matrix
 from brainvlp.spec import SpecError
-from brainvlp.train.task import BATCH_COLUMNS, IMAGE_KEYS, TEXT_KEYS, PretrainTask, collate, to_device
+from brainvlp.train.batches import BATCH_COLUMNS, collate
+from brainvlp.train.task import IMAGE_KEYS, TEXT_KEYS, PretrainTask, to_device
 
 
 @dataclass

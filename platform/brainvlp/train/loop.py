@@ -21,11 +21,12 @@ from brainvlp.export import save_export
 from brainvlp.losses import LOSSES
 from brainvlp.models import DualEncoder
 from brainvlp.spec import parse, to_plain
+from brainvlp.train.batches import ArrowCollate
 from brainvlp.train.checkpointing import BestWeights, RunState, restore, save_checkpoint, seed_step
 from brainvlp.train.config import TrainConfig
 from brainvlp.train.dev_eval import evaluate_dev
 from brainvlp.train.engine import Engine
-from brainvlp.train.task import ArrowCollate, PretrainTask, build_augment, to_device
+from brainvlp.train.task import PretrainTask, build_augment, to_device
 from brainvlp.train.tracking import NullTracker, Tracker
 
 log = logging.getLogger(__name__)

@@ -21,10 +21,10 @@ from brainvlp.losses import LOSSES, LossConfig
 from brainvlp.losses.clip import ClipLossConfig
 from brainvlp.models import ModelConfig
 from brainvlp.spec import SpecError, to_plain
+from brainvlp.train.batches import BATCH_COLUMNS
 from brainvlp.train.config import DataConfig, DeepSpeedConfig, TrainConfig
 from brainvlp.train.engine import deepspeed_config
 from brainvlp.train.loop import total_steps, train_loop_per_worker
-from brainvlp.train.task import BATCH_COLUMNS
 from brainvlp.train.tracking import TrackingConfig
 
 log = logging.getLogger(__name__)
