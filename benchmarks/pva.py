@@ -1,4 +1,4 @@
-"""PVA matching: brainvlp's vectorised ``pva_matches`` against per-pair greedy loops, on CPU.
+"""PVA matching: brainvlp's vectorised ``pva_matches`` against per-pair greedy loops, on CPU or a GPU.
 
 What it measures, on one batch of brat's training shape (B = G = 32 images and reports, Q = 32 views, S = 20
 sentence slots, each report with a random 5..20 valid sentences and the rest padding, float32 cosine
@@ -13,16 +13,21 @@ similarities):
 (d) for context only, Algorithm 1 written literally as in ``tests/test_matching.py``: after each pick the
     list of remaining pairs is rebuilt without the picked view and sentence (on Python floats).
 
-All must give identical matches (asserted). Timings are medians over repeats after one untimed
-warm-up, with one torch thread by default (``--threads``): on a 2-core machine shared with a training job,
-two intra-op threads wait on each other and the vectorised code ran 2.5x to 11x slower than on one, so
-one thread gives the stable comparison. The target is (a) >= 100x the faster of (b) and (c), the loops one
-would write for speed; (d) rebuilds a Python list of up to Q S pairs after every pick, interpreter work
-the others leave to C, and is no fair baseline. Also printed: ``pva_scores`` forward + backward, and the
-share of a whole CPU brat training step (the quickstart's CNN, a 32-query Q-Former from MiniLM, B = 32,
-ITG on) that the brat loss takes.
+On a GPU, (a) replays the CUDA graph that ``pva_matches`` captures there; the same loop launched op by op
+is timed too, for context. All must give identical matches (asserted). Timings are medians over repeats
+after one untimed warm-up, with one torch thread by default (``--threads``): on a 2-core machine shared
+with a training job, two intra-op threads wait on each other and the vectorised code ran 2.5x to 11x
+slower than on one, so one thread gives the stable comparison. The target is (a) >= 100x the faster of (b)
+and (c), the loops one would write for speed; (d) rebuilds a Python list of up to Q S pairs after every
+pick, interpreter work the others leave to C, and is no fair baseline. Also printed: ``pva_scores``
+forward + backward, and the share of a whole CPU brat training step (the quickstart's CNN, a 32-query
+Q-Former from MiniLM, B = 32, ITG on) that the brat loss takes.
 
-Run: ``python benchmarks/pva.py [--repeats 20] [--threads 1] [--seed 0]``.
+With ``--device cuda`` every variant runs on the GPU, the data already there, and each timing waits for
+the GPU's kernels; the per-pair loops then pay a kernel launch (and, for (b) and (c), a device-to-host
+read) per small operation, which is what a training step on a GPU would pay for them.
+
+Run: ``python benchmarks/pva.py [--repeats 20] [--threads 1] [--seed 0] [--device cuda]``.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from collections.abc import Callable
 
 import torch
 
-from brainvlp.losses.matching import pva_matches, pva_scores
+from brainvlp.losses.matching import _greedy_matches, pva_matches, pva_scores
 
 B, Q, S = 32, 32, 20
 MIN_SENTENCES, MAX_SENTENCES = 5, 20
@@ -124,10 +129,17 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     fn()  # warm-up, untimed
     times = []
     for _ in range(repeats):
+        _synchronize()
         start = time.perf_counter()
         fn()
+        _synchronize()  # a GPU runs asynchronously: wait for its kernels
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def _brat_task() -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
@@ -199,16 +211,18 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="where every variant runs, e.g. cuda")
     args = parser.parse_args()
     if args.repeats < 1 or args.threads < 1:
         parser.error("--repeats and --threads must be >= 1")
     torch.set_num_threads(args.threads)
 
-    sim_BGQS, mask_GS = make_batch(args.seed)
+    sim_BGQS, mask_GS = (tensor.to(args.device) for tensor in make_batch(args.seed))
     counts = mask_GS.sum(dim=-1)
     print(
         f"B = G = {B}, Q = {Q}, S = {S} (valid sentences {int(counts.min())}..{int(counts.max())}, "
-        f"mean {counts.float().mean():.1f}), float32, torch threads {torch.get_num_threads()}"
+        f"mean {counts.float().mean():.1f}), float32, torch threads {torch.get_num_threads()}, "
+        f"on {torch.cuda.get_device_name() if sim_BGQS.is_cuda else 'cpu'}"
     )
     vectorised = pva_matches(sim_BGQS, mask_GS)
     references = {
@@ -216,16 +230,19 @@ def main() -> None:
         "(c) per-pair Algorithm 1 (sort)": per_pair(greedy_sorted_pair),
     }
     for name, reference in references.items():
-        assert torch.equal(reference(sim_BGQS, mask_GS), vectorised), f"{name} matches differ"
+        assert torch.equal(reference(sim_BGQS, mask_GS).cpu(), vectorised.cpu()), f"{name} matches differ"
     print("matches identical: (a) == (b) == (c); (d) checked below")
 
     seconds = {
         "(a) pva_matches, vectorised": median_seconds(lambda: pva_matches(sim_BGQS, mask_GS), args.repeats)
     }
+    if sim_BGQS.is_cuda:  # (a) replays a CUDA graph there; the same loop launched op by op, for context
+        eager = median_seconds(lambda: _greedy_matches(sim_BGQS, mask_GS), args.repeats)
+        seconds["(a) without the CUDA graph"] = eager
     for name, reference in references.items():
         seconds[name] = median_seconds(lambda r=reference: r(sim_BGQS, mask_GS), max(1, args.repeats // 4))
     literal = per_pair(literal_pair)
-    assert torch.equal(literal(sim_BGQS, mask_GS), vectorised), "(d) matches differ"
+    assert torch.equal(literal(sim_BGQS, mask_GS).cpu(), vectorised.cpu()), "(d) matches differ"
     seconds["(d) literal Algorithm 1 (context)"] = median_seconds(lambda: literal(sim_BGQS, mask_GS), 1)
     backward = median_seconds(lambda: scores_forward_backward(sim_BGQS, mask_GS), args.repeats)
     print(f"{'':36}{'ms':>10}{'ratio':>10}")
@@ -237,7 +254,8 @@ def main() -> None:
     speedup = min(seconds[name] for name in references) / fast
     verdict = _verdict(speedup >= TARGET_SPEEDUP)
     print(f"{verdict} (a) >= {TARGET_SPEEDUP:.0f}x the faster reference: {speedup:.1f}x")
-    print(f"brat loss share of a CPU training step: {brat_step_share():.1%}")
+    if not sim_BGQS.is_cuda:  # on a GPU, gpu_step.py measures the loss's share of brat's full-size step
+        print(f"brat loss share of a CPU training step: {brat_step_share():.1%}")
 
 
 if __name__ == "__main__":

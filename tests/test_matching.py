@@ -198,6 +198,44 @@ def test_pva_under_bf16_matches_the_reference_on_the_same_values() -> None:
     assert pva_scores(sim_bf16, mask).dtype == torch.bfloat16
 
 
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@needs_cuda
+def test_pva_on_cuda_replays_a_captured_graph_with_the_reference_matches() -> None:
+    from brainvlp.losses import matching
+
+    matching._GRAPHS.clear()
+    for seed in range(6):  # one shape: captured once, replayed with new values (ties included)
+        sim, mask = random_pair_inputs(3, 5, 6, 4, seed, ties=seed % 2 == 1)
+        sim = sim.float().double()  # the values the GPU sees
+        want_scores, want_matched = reference_pva_all(sim, mask)
+        sim_cuda = sim.float().cuda().requires_grad_(True)
+        assert torch.equal(pva_matches(sim_cuda, mask.cuda()).cpu(), want_matched), f"seed {seed}"
+        scores = pva_scores(sim_cuda, mask.cuda())
+        torch.testing.assert_close(scores.cpu().double(), want_scores, rtol=1e-6, atol=1e-6)
+        scores.sum().backward()
+        assert torch.equal(sim_cuda.grad.cpu() != 0, want_matched)
+    assert len(matching._GRAPHS) == 1
+
+
+@needs_cuda
+def test_pva_on_cuda_keeps_few_graphs_and_runs_large_inputs_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
+    from brainvlp.losses import matching
+
+    matching._GRAPHS.clear()
+    for Q in range(1, matching._GRAPH_SHAPES + 3):
+        sim, mask = random_pair_inputs(2, 3, Q, 5, seed=Q)
+        _, want_matched = reference_pva_all(sim, mask)
+        assert torch.equal(pva_matches(sim.cuda(), mask.cuda()).cpu(), want_matched)
+    assert len(matching._GRAPHS) == matching._GRAPH_SHAPES
+    monkeypatch.setattr(matching, "_GRAPH_MAX_BYTES", 0)
+    sim, mask = random_pair_inputs(2, 3, 9, 5, seed=0)
+    _, want_matched = reference_pva_all(sim, mask)
+    assert torch.equal(pva_matches(sim.cuda(), mask.cuda()).cpu(), want_matched)
+    assert (tuple(sim.shape), sim.dtype, sim.cuda().device) not in matching._GRAPHS
+
+
 def test_pair_inputs_are_validated() -> None:
     sim = torch.zeros(2, 3, 4, 5)
     with pytest.raises(ValueError, match="bool"):

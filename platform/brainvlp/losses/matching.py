@@ -22,10 +22,18 @@ nothing more, so K steps serve every pair whatever its number of valid sentences
 device how far to go. The matching carries no gradient; the score is a masked mean of ``sim_BGQS``, so
 gradients reach the matched entries only.
 
+On a GPU those K steps are ~10 small kernels each, so eager PVA is bound by kernel-launch latency, not by
+the GPU. Because the loop never synchronises with the host, it is captured once per input shape as a CUDA
+graph and replayed (one launch); a few recent shapes are kept (training and evaluation each use one or two),
+and inputs whose working copy exceeds ``_GRAPH_MAX_BYTES`` run eagerly, as does a call made during another
+capture.
+
 Inputs are assumed finite (cosine similarities, softmax attention): -inf marks what is deleted.
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -53,13 +61,21 @@ def pva_matches(sim_BGQS: Tensor, sentence_mask_GS: Tensor) -> Tensor:
     most; a report without valid sentences records none. Ties: first entry in row-major (q, s) order.
     """
     _check_pair_inputs(sim_BGQS, sentence_mask_GS)
+    sim_BGQS = sim_BGQS.detach()
+    graphable = sim_BGQS.is_cuda and not torch.cuda.is_current_stream_capturing()
+    if graphable and sim_BGQS.numel() * sim_BGQS.element_size() <= _GRAPH_MAX_BYTES:
+        return _graphed_matches(sim_BGQS, sentence_mask_GS)
+    return _greedy_matches(sim_BGQS, sentence_mask_GS)
+
+
+def _greedy_matches(sim_BGQS: Tensor, sentence_mask_GS: Tensor) -> Tensor:
     B, G, Q, S = sim_BGQS.shape
     N, K, device = B * G, min(Q, S), sim_BGQS.device
     # A sentence-major copy, padded sentences at -inf: the per-view maxima then reduce over S with the Q
     # views contiguous, which vectorises (over a contiguous axis of length S it costs ~10x more on CPU).
     padding_GS1 = torch.zeros(G, S, 1, dtype=sim_BGQS.dtype, device=device)
     padding_GS1.masked_fill_(~sentence_mask_GS.unsqueeze(-1), float("-inf"))
-    work_NSQ = sim_BGQS.detach().transpose(-2, -1).clone(memory_format=torch.contiguous_format)
+    work_NSQ = sim_BGQS.transpose(-2, -1).clone(memory_format=torch.contiguous_format)
     work_NSQ = work_NSQ.add_(padding_GS1).view(N, S, Q)
     # Matched views are -inf here rather than in work_NSQ: one write per pair instead of S.
     view_done_NQ = torch.zeros(N, Q, dtype=sim_BGQS.dtype, device=device)
@@ -72,14 +88,49 @@ def pva_matches(sim_BGQS: Tensor, sentence_mask_GS: Tensor) -> Tensor:
         # in row-major (q, s) order.
         best_NK[:, step], view_NK[:, step] = (work_NSQ.amax(dim=1) + view_done_NQ).max(dim=-1)
         sentence_NK[:, step] = work_NSQ[pairs_N, :, view_NK[:, step]].max(dim=-1).indices
-        view_done_NQ[pairs_N, view_NK[:, step]] = float("-inf")
-        work_NSQ[pairs_N, sentence_NK[:, step]] = float("-inf")
+        # scatter_ with a scalar, not an indexed assignment: that copies the scalar from the host, which a
+        # CUDA graph capture forbids.
+        view_done_NQ.scatter_(1, view_NK[:, step, None], float("-inf"))
+        work_NSQ.scatter_(1, sentence_NK[:, step, None, None].expand(N, 1, Q), float("-inf"))
     # A finished pair (nothing left but -inf) recorded view 0 and sentence 0, harmlessly deleting them
     # again; its later steps go to a spare slot, dropped.
     picked_NK = torch.where(best_NK > float("-inf"), view_NK * S + sentence_NK, Q * S)
     matched_NE = torch.zeros(N, Q * S + 1, dtype=torch.bool, device=device)
     matched_NE.scatter_(1, picked_NK, True)
     return matched_NE[:, : Q * S].reshape(B, G, Q, S)
+
+
+# Captured PVA graphs by input shape, dtype and device, most recently used last: (graph, its static inputs,
+# its output). Each holds a private memory pool about twice its input's size.
+_GRAPHS: OrderedDict[tuple, tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]] = OrderedDict()
+_GRAPH_SHAPES = 4
+_GRAPH_MAX_BYTES = 256 * 2**20
+
+
+def _graphed_matches(sim_BGQS: Tensor, sentence_mask_GS: Tensor) -> Tensor:
+    """``_greedy_matches`` replayed from a CUDA graph captured on the first call with this shape."""
+    key = (tuple(sim_BGQS.shape), sim_BGQS.dtype, sim_BGQS.device)
+    if key not in _GRAPHS:
+        static_sim, static_mask = sim_BGQS.clone(), sentence_mask_GS.clone()
+        with torch.cuda.device(sim_BGQS.device):
+            # Capture needs one eager run first, on a side stream.
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                _greedy_matches(static_sim, static_mask)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                matched = _greedy_matches(static_sim, static_mask)
+        _GRAPHS[key] = (graph, static_sim, static_mask, matched)
+        if len(_GRAPHS) > _GRAPH_SHAPES:
+            _GRAPHS.popitem(last=False)
+    _GRAPHS.move_to_end(key)
+    graph, static_sim, static_mask, matched = _GRAPHS[key]
+    static_sim.copy_(sim_BGQS)
+    static_mask.copy_(sentence_mask_GS)
+    graph.replay()
+    return matched.clone()  # the next replay overwrites ``matched``
 
 
 def pva_scores(sim_BGQS: Tensor, sentence_mask_GS: Tensor) -> Tensor:
