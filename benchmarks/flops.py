@@ -74,26 +74,27 @@ def brat_shapes() -> dict[str, Any]:
     }
 
 
-def build_task(shapes: dict[str, Any], checkpointing: bool) -> PretrainTask:
-    """brat's full-size task on the meta device in bf16, its text encoder a random BERT-base."""
+def build_task(
+    shapes: dict[str, Any], checkpointing: bool, device: str = "meta", attention: str = "eager"
+) -> PretrainTask:
+    """brat's full-size task in bf16 on ``device``, its text encoder a random BERT-base (``attention``: the
+    transformers attention implementation)."""
     model_section = {**shapes["model"], "activation_checkpointing": checkpointing}
     model_section["text"] = {**model_section["text"], "path": "bert-base-shaped"}
     config = parse(ModelConfig, model_section, "model")
-    bert = BertConfig(**BERT_BASE, attn_implementation="eager")
+    bert = BertConfig(**BERT_BASE, attn_implementation=attention)
     brainvlp.models.text.load_text_model = lambda path: BertModel(bert)  # no weights offline; shapes suffice
     # Reads mask values to skip an all-ones mask; meta tensors have no values.
     transformers.masking_utils._ignore_bidirectional_mask_sdpa = lambda *args, **kwargs: False
-    with torch.device("meta"):
+    with torch.device(device):
         model = DualEncoder(config, in_channels=shapes["channels"], volume_shape=shapes["volume_shape"])
-    loss = LOSSES.build(parse_loss(shapes))
+        loss = LOSSES.build(parse_loss(shapes))
     return PretrainTask(model, loss, scale_max=800, augment=None).to(torch.bfloat16).train()
 
 
 def parse_loss(shapes: dict[str, Any]) -> Any:
-    from brainvlp.train.trainer import PretrainSpec
-
-    spec = {"model": shapes["model"], "loss": {**shapes["loss"], "max_sentences": shapes["max_sentences"]}}
-    return parse(PretrainSpec, spec).loss
+    section = {**shapes["loss"], "max_sentences": shapes["max_sentences"]}
+    return parse(LOSSES.config_class(section["name"], "loss.name"), section, "loss")
 
 
 def make_batch(shapes: dict[str, Any], batch: int, device: str) -> dict[str, Any]:
