@@ -117,6 +117,7 @@ VARIANTS = {
     "prefetch4": Variant("prefetch_batches=4", prefetch_batches=4),
     "read0.5": Variant("read tasks at 0.5 CPU", read_cpus=0.5),
     "store512": Variant("Ray Data's object store use capped at 512 MiB", store_limit_mb=512),
+    "store128": Variant("Ray Data's object store use capped at 128 MiB", store_limit_mb=128),
 }
 
 DEFAULT_VARIANTS = ["platform", "ray-defaults", "numpy", "v2", "shuffle256", "no-shuffle-buffer"]
@@ -334,7 +335,9 @@ def start_ray(cpus: int) -> None:
     """An embedded Ray of ``cpus`` CPUs, quiet; the caller shuts it down."""
     import ray
 
-    for key, value in QUIET_RAY.items():
+    from brainvlp.runtime import RAYLET_ENV
+
+    for key, value in {**QUIET_RAY, **RAYLET_ENV}.items():  # the platform's raylet settings
         os.environ.setdefault(key, value)
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
 

@@ -243,6 +243,14 @@ def test_one_image_holds_what_the_jobs_run() -> None:
     assert torch_install < dockerfile.index("pip install --no-cache-dir -c constraints.txt")
 
 
+def test_image_runs_ray_with_the_platforms_raylet_settings() -> None:
+    from brainvlp.runtime import RAYLET_ENV
+
+    dockerfile = (CLUSTER / "Dockerfile").read_text()
+    image_env = dict(re.findall(r"^ENV (\w+)=(\S+)$", dockerfile, re.M))
+    assert RAYLET_ENV.items() <= image_env.items(), image_env
+
+
 def _training(spec: Any) -> tuple[dict, dict] | None:
     """(train, deepspeed) sections of a pretrain spec or of a tune spec's base; None for other kinds."""
     if spec.kind == "pretrain":

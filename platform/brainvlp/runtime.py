@@ -7,6 +7,13 @@ import socket
 
 import ray
 
+# Raylet settings the platform runs with: set here for an embedded Ray, and by cluster/Dockerfile for every
+# Ray process in the cluster image. Ray frees released objects in batches, every
+# free_objects_period_milliseconds (1000 by default), so the object store also holds up to a second of
+# streamed blocks that training has already consumed. Streaming 1 MiB volumes at ~600 MiB/s into 2 CPU
+# workers, that doubled the store's peak (benchmarks/memory.py: 673 -> 353 MiB with 100 ms); a GPU node
+# streaming GiB/s would hold GiBs. Freeing every 100 ms costs ten small batches a second.
+RAYLET_ENV = {"RAY_free_objects_period_milliseconds": "100"}
 # Quiet, fast defaults for an embedded single-machine Ray; a real cluster keeps its own settings.
 _EMBEDDED_ENV = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",  # else every ray.train.report waits ~2 s for the controller
@@ -23,7 +30,7 @@ def init_ray() -> str:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
         return "cluster"
-    for key, value in _EMBEDDED_ENV.items():
+    for key, value in {**_EMBEDDED_ENV, **RAYLET_ENV}.items():
         os.environ.setdefault(key, value)
     # The dashboard (on a free local port) serves Ray's state API, which Ray Train's placement-group cleaner
     # asks whether a run's controller still lives: without it, every Train run whose driver is killed (a
