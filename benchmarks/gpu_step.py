@@ -18,8 +18,11 @@ Then one fused AdamW step over fp32 master weights (what DeepSpeed's bf16 optimi
 same micro-batch with ``torch.backends.cudnn.benchmark`` on. Not included: data loading, ZeRO's gradient
 reduce-scatter (scaling.md section 3 bounds it) and DeepSpeed's own bookkeeping.
 
-Run: ``python benchmarks/gpu_step.py [--batches 4 8 16 32] [--steps 5]`` on a machine with a CUDA GPU (no
-Ray, no DeepSpeed, no data needed; about two minutes on an H100).
+Run: ``python benchmarks/gpu_step.py [--batches 4 8 16 32] [--steps 5] [--no-checkpointing]
+[--blas cublas|cublaslt]`` on a machine with a CUDA GPU (no Ray, no DeepSpeed, no data needed; about two
+minutes on an H200). ``--profile`` instead profiles one step at the first micro-batch: the operators with
+the most host time, the Python functions with the most own time, and each line where the host waits for
+the GPU. Figures measured with it are in docs/scaling.md section 5.
 """
 
 from __future__ import annotations
