@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import time
 from pathlib import Path
@@ -105,14 +106,31 @@ def test_a_killed_tune_driver_resumes_the_study(tmp_path: Path, shards: Path, ti
         assert (run_dir / "trials" / trial / "export" / "model.json").stat().st_mtime == mtime
 
 
+def test_a_finished_trial_restored_reports_its_last_objective(tmp_path: Path) -> None:
+    from brainvlp.tune.job import last_objective
+
+    history = tmp_path / "metrics.jsonl"
+    rows = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5, "dev_R@5": 0.25}, {"step": 3, "loss": 1.2}]
+    history.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert last_objective(history, "dev_R@5") == rows[1]
+    with pytest.raises(RuntimeError, match="no row with 'dev_loss'"):
+        last_objective(history, "dev_loss")
+
+
 def wait_for_finished_trials(run_dir: Path, count: int, timeout: float = 420) -> list[str]:
-    """Trial ids whose pretrain run has exported (the trial is over once Tune has its last result: give
-    Tune a few seconds to record it in the experiment state)."""
+    """Trial ids whose pretrain run has exported, once Tune's saved experiment state lists that many trials
+    as finished. Killed earlier, the driver leaves Tune a trial to restart whose run is over, which then
+    reports from its run's history (``run_trial``): a finished trial would be copied out again."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         done = sorted(p.parents[1].name for p in (run_dir / "trials").glob("*/export/model.json"))
-        if len(done) >= count:
-            time.sleep(8)
+        if len(done) >= count and terminated_in_state(run_dir) >= count:
             return done
         time.sleep(0.5)
     raise TimeoutError(f"fewer than {count} finished trials in {run_dir} after {timeout} s")
+
+
+def terminated_in_state(run_dir: Path) -> int:
+    """Trials that the newest saved experiment state of the tune run lists as TERMINATED."""
+    states = sorted((run_dir / "tune").glob("experiment_state-*.json"))
+    return states[-1].read_text().count('\\"status\\": \\"TERMINATED\\"') if states else 0

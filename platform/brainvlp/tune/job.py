@@ -212,8 +212,11 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], run_dir: str, metric
         """Forward only the reports that hold the objective: Tune requires the searched metric in every
         result, and the training loop also reports loss-only steps and checkpoints."""
 
+        forwarded = False
+
         def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
             if metric in metrics[0]:
+                self.forwarded = True
                 super().after_report(run_context, metrics, checkpoint)
 
     trial_id = tune.get_context().get_trial_id()
@@ -222,4 +225,18 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], run_dir: str, metric
     trial_dir = Path(run_dir) / "trials" / trial_id
     trial_dir.mkdir(parents=True, exist_ok=True)
     dump_resolved(spec, trial_dir / "spec.resolved.yaml")
-    run_pretrain(spec, trial_dir, callbacks=[ObjectiveReport()])
+    objective = ObjectiveReport()
+    run_pretrain(spec, trial_dir, callbacks=[objective])
+    if not objective.forwarded:
+        # A restored trial whose Train run had already finished (the driver died after the run's last
+        # report but before Tune saved it) trains nothing now; Tune still needs its objective: the history's.
+        tune.report(last_objective(trial_dir / "metrics.jsonl", metric))
+
+
+def last_objective(history: Path, metric: str) -> dict[str, Any]:
+    """The last row of a pretrain run's ``metrics.jsonl`` that holds ``metric``."""
+    rows = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+    found = [row for row in rows if metric in row]
+    if not found:
+        raise RuntimeError(f"{history} has no row with {metric!r}: the trial's run never evaluated it")
+    return found[-1]
