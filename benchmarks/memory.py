@@ -238,8 +238,8 @@ def report(small: dict[str, float], large: dict[str, float], rows: int) -> None:
     points = large["timeline"][:: max(1, len(large["timeline"]) // 10)]
     print("Train worker rank 0, peak RSS less shared pages so far, by rows it has streamed (10x run):")
     print("  " + "  ".join(f"{r}: {v / MIB:.0f}" for r, v in points))
-    # A store that fills up with the rows climbs from tenth to tenth; a bursty window of in-flight blocks
-    # scatters, and a longer run simply meets a larger burst.
+    # A store that fills up with the rows climbs from tenth to tenth; a bounded window stays level. Measured
+    # so far: level within each run, but at a higher level for the larger data set (not yet attributed).
     for label, run in (("1x", small), ("10x", large)):
         tenths = " ".join(f"{value / MIB:4.0f}" for value in run["store_tenths"])
         print(f"object store peak by tenth of the {label} run's streaming, MiB: {tenths}")
