@@ -95,6 +95,7 @@ class Variant:
     max_block_mb: int = 16  # DataContext.target_max_block_size (Ray's default: 128 MiB)
     reader_v1: bool = True  # DataContext.use_datasource_v2 = False: Ray's V1 Parquet reader
     store_limit_mb: int | None = None  # cap on Ray Data's object store use (default: half the store)
+    task_per_file: bool = True  # override_num_blocks = shards; Ray's default splits blocks up to 200 in all
 
 
 VARIANTS = {
@@ -105,6 +106,7 @@ VARIANTS = {
         collate="numpy",
         max_block_mb=128,
         reader_v1=False,
+        task_per_file=False,
     ),
     # One change to the platform's settings each.
     "numpy": Variant("collate on Ray's numpy batch (a bytes copy of every volume first)", collate="numpy"),
@@ -118,6 +120,7 @@ VARIANTS = {
     "read0.5": Variant("read tasks at 0.5 CPU", read_cpus=0.5),
     "store512": Variant("Ray Data's object store use capped at 512 MiB", store_limit_mb=512),
     "store128": Variant("Ray Data's object store use capped at 128 MiB", store_limit_mb=128),
+    "min200": Variant("Ray's read_op_min_num_blocks: a set's blocks split up to 200", task_per_file=False),
 }
 
 DEFAULT_VARIANTS = ["platform", "ray-defaults", "numpy", "v2", "shuffle256", "no-shuffle-buffer"]
@@ -311,10 +314,12 @@ def ray_dataset(spec: Any, variant: Variant) -> Any:
     context.use_datasource_v2 = not variant.reader_v1
     context.target_max_block_size = variant.max_block_mb * 2**20
     cpus = {"num_cpus": variant.read_cpus} if variant.read_cpus else {}
+    files = split_files(spec.data.shards, spec.data.train_split)
     dataset = ray.data.read_parquet(
-        split_files(spec.data.shards, spec.data.train_split),
+        files,
         columns=BATCH_COLUMNS,
         shuffle=ray.data.FileShuffleConfig(seed=spec.train.seed),
+        override_num_blocks=len(files) if variant.task_per_file else None,
         **cpus,
     )
     if variant.decode_in_map:

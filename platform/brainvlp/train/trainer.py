@@ -93,7 +93,12 @@ def train_dataset(spec: PretrainSpec) -> ray.data.Dataset:
     # A new, seeded file order every epoch; Ray counts epochs per execution, so a restarted run would see
     # another order: a deterministic run keeps the file order and shuffles only in the seeded local buffer.
     shuffle = None if spec.data.deterministic else ray.data.FileShuffleConfig(seed=spec.train.seed)
-    dataset = ray.data.read_parquet(files, columns=BATCH_COLUMNS, shuffle=shuffle)
+    # One read task per shard, its blocks cut only at target_max_block_size. Left to choose, Ray splits each
+    # task's blocks further until a data set has 200 of them, so a small set streamed in smaller blocks than
+    # a large one and the object store's streaming window grew with the data set (benchmarks/memory.py).
+    dataset = ray.data.read_parquet(
+        files, columns=BATCH_COLUMNS, shuffle=shuffle, override_num_blocks=len(files)
+    )
     return dataset.materialize() if spec.data.materialize else dataset
 
 
