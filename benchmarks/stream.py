@@ -4,7 +4,7 @@ What it measures, on one set of synthetic studies (``_shards.py``: 1 x 32 x 256 
 about 1 MiB each after zstd) stored three ways, all in a temporary directory:
 
 - Ray path (the platform's): brainvlp Parquet shards -> ``ray.data.read_parquet`` with the trainer's
-  columns, seeded file shuffle and read settings (V1 reader, 16 MiB blocks) -> ``TorchTrainer(datasets=...)``,
+  columns, seeded file shuffle and read settings (V1 reader, 128 MiB blocks) -> ``TorchTrainer(datasets=)``,
   whose ``streaming_split`` feeds 2 Train workers -> ``iter_torch_batches`` with the loop's ``ArrowCollate``
   and a 64-row local shuffle buffer. The ``platform`` variant calls the platform's own functions
   (``trainer.train_dataset`` on the driver, ``loop._epoch_batches`` on the workers) with the default
@@ -54,7 +54,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,7 @@ class Variant:
     iterate: str = "torch"  # torch: iter_torch_batches(collate_fn=...); numpy: iter_batches + collate
     decode_in_map: bool = False  # decode volumes in a map_batches after the read (in Ray Data's tasks)
     read_cpus: float | None = None  # CPUs per read task (Ray's default: 1)
-    max_block_mb: int = 16  # DataContext.target_max_block_size (Ray's default: 128 MiB)
+    max_block_mb: int = 128  # DataContext.target_max_block_size (Ray's default too)
     reader_v1: bool = True  # DataContext.use_datasource_v2 = False: Ray's V1 Parquet reader
     store_limit_mb: int | None = None  # cap on Ray Data's object store use (default: half the store)
     task_per_file: bool = True  # override_num_blocks = shards; Ray's default splits blocks up to 200 in all
@@ -111,7 +111,11 @@ VARIANTS = {
     # One change to the platform's settings each.
     "numpy": Variant("collate on Ray's numpy batch (a bytes copy of every volume first)", collate="numpy"),
     "v2": Variant("Ray's V2 Parquet reader (a ListFiles task before every epoch)", reader_v1=False),
-    "blocks128": Variant("Ray's default 128 MiB blocks", max_block_mb=128),
+    "blocks64": Variant("64 MiB blocks", max_block_mb=64),
+    "blocks32": Variant("32 MiB blocks", max_block_mb=32),
+    "blocks16": Variant(
+        "16 MiB blocks (the platform's setting until the per-block CPU was measured)", max_block_mb=16
+    ),
     "shuffle256": Variant("local shuffle buffer of 256 rows", shuffle_buffer=256),
     "no-shuffle-buffer": Variant("local shuffle buffer off (file order is still shuffled)", shuffle_buffer=0),
     "iter-batches": Variant("iter_batches(numpy) + collate on the training thread", iterate="numpy"),
@@ -175,28 +179,43 @@ class Epoch:
     seconds: float  # wall time
     cpu_s: float  # CPU time of every process involved
     first_batch_s: float = 0.0
+    cpu_roles: dict[str, float] = field(default_factory=dict)  # the Ray path's cpu_s by process role
 
 
-def tree_cpu_seconds(root: psutil.Process) -> float:
-    """User + system CPU seconds of ``root`` and its descendants, each process counted once: a process
-    that ended and was reaped is in its parent's ``children_*`` times, a live one in its own."""
-    total = 0.0
+def _role(process: psutil.Process) -> str:
+    """Which part of the Ray path a process of the raylet's tree is, from its title. Pooled workers run
+    read tasks and show ``ray::IDLE`` between them, so they count as read tasks whatever they show now."""
+    title = " ".join(process.cmdline())
+    if "RayTrainWorker" in title:
+        return "Train workers"
+    if "SplitCoordinator" in title:
+        return "split coordinator"
+    if title.startswith("ray::"):
+        return "read tasks, pooled workers" if "IDLE" in title or "Read" in title else "other Ray actors"
+    return "raylet and agents"
+
+
+def cpu_by_role(root: psutil.Process) -> dict[str, float]:
+    """User + system CPU seconds of ``root`` and its descendants by ``_role``, each process counted once: a
+    process that ended and was reaped is in its parent's ``children_*`` times, a live one in its own."""
+    found: dict[str, float] = {}
     for process in [root, *root.children(recursive=True)]:
         try:
-            times = process.cpu_times()
+            times, role = process.cpu_times(), _role(process)
         except psutil.Error:  # ended between listing and reading
             continue
-        total += times.user + times.system + times.children_user + times.children_system
-    return total
+        used = times.user + times.system + times.children_user + times.children_system
+        found[role] = found.get(role, 0.0) + used
+    return found
 
 
 def timed_epochs(epochs: int, run_epoch: Callable[[int], int]) -> list[Epoch]:
     """Rows, wall and CPU seconds (this process and its DataLoader workers) of each ``run_epoch(epoch)``."""
     found, me = [], psutil.Process()
     for epoch in range(epochs):
-        start, cpu = time.perf_counter(), tree_cpu_seconds(me)
+        start, cpu = time.perf_counter(), sum(cpu_by_role(me).values())
         rows = run_epoch(epoch)
-        found.append(Epoch(rows, time.perf_counter() - start, tree_cpu_seconds(me) - cpu))
+        found.append(Epoch(rows, time.perf_counter() - start, sum(cpu_by_role(me).values()) - cpu))
     return found
 
 
@@ -288,14 +307,15 @@ def consume(config: dict[str, Any]) -> None:
     shard, epochs, raylet = ray.train.get_dataset_shard("train"), [], _raylet()
     for epoch in range(config["epochs"]):
         torch.distributed.barrier()  # both workers start each epoch together
-        start, first, rows, cpu = time.time(), None, 0, tree_cpu_seconds(raylet)
+        start, first, rows, cpu = time.time(), None, 0, cpu_by_role(raylet)
         for batch in worker_batches(shard, spec, variant, epoch, micro_batch):
             first = first or time.time()
             rows += len(batch["volume"])
         end = time.time()
         torch.distributed.barrier()  # both are done: the CPU time covers the whole epoch
-        cpu = tree_cpu_seconds(raylet) - cpu
-        epochs.append({"start": start, "first": first or end, "end": end, "rows": rows, "cpu": cpu})
+        roles = {role: used - cpu.get(role, 0.0) for role, used in cpu_by_role(raylet).items()}
+        record = {"start": start, "first": first or end, "end": end, "rows": rows, "roles": roles}
+        epochs.append({**record, "cpu": sum(roles.values())})
     stats = shard.stats() if rank == 0 else ""
     Path(config["out"], f"rank{rank}.json").write_text(json.dumps({"epochs": epochs, "stats": stats}))
 
@@ -394,7 +414,7 @@ def run_variant(name: str, spec: Any, epochs: int, tmp: Path) -> tuple[list[Epoc
         start = min(r["start"] for r in records)
         end, first = max(r["end"] for r in records), min(r["first"] for r in records)
         rows, cpu = sum(r["rows"] for r in records), records[0]["cpu"]  # every rank sees the same tree
-        found.append(Epoch(rows, end - start, cpu, first - start))
+        found.append(Epoch(rows, end - start, cpu, first - start, records[0]["roles"]))
     return found, ranks[0]["stats"]
 
 
@@ -416,6 +436,17 @@ def print_row(name: str, epochs: Sequence[Epoch], mib_per_row: float) -> None:
     shown = f"{latency:10.1f}s" if latency else ""
     first = epochs[0].rows / epochs[0].seconds
     print(f"{name:34}{speed:9.1f}{speed * mib_per_row:9.0f}{cpu_ms:9.1f}{first:9.1f}{shown}")
+
+
+def cpu_roles_line(epochs: Sequence[Epoch]) -> str:
+    """The Ray path's CPU milliseconds per volume by process role, over the epochs after the first."""
+    counted = epochs[1:] or epochs
+    rows, roles = sum(e.rows for e in counted), {}
+    for epoch in counted:
+        for role, seconds in epoch.cpu_roles.items():
+            roles[role] = roles.get(role, 0.0) + seconds
+    ordered = sorted(roles.items(), key=lambda item: -item[1])
+    return ", ".join(f"{role} {1000 * seconds / rows:.1f}" for role, seconds in ordered)
 
 
 def _verdict(ok: bool) -> str:
@@ -456,6 +487,8 @@ def report(
         print_row(name, epochs, mib_per_row)
     for name, (epochs, _) in streamed.items():
         print_row(f"Ray Train x{NUM_WORKERS}: {name}", epochs, mib_per_row)
+    for name, (epochs, _) in streamed.items():
+        print(f"  CPU ms per volume, {name}: {cpu_roles_line(epochs)}")
     if stats:
         for name, (_, text) in streamed.items():
             print(f"--- Ray Data stats, rank 0, {name} ---\n{text.strip()}")
