@@ -67,6 +67,7 @@ import torch
 import _shards  # beside this script, which Python puts first on sys.path
 from brainvlp.data.shards import decode_volumes, volume_views
 from brainvlp.train.batches import BATCH_COLUMNS, ArrowCollate, collate
+from brainvlp.train.shuffle import shuffled_torch_batches
 
 TARGET_RAW = 0.8  # Ray path / (a)
 TARGET_NIFTI = 2.0  # Ray path / (c)
@@ -87,6 +88,9 @@ class Variant:
 
     help: str
     shuffle_buffer: int = 64  # rows in each worker's local shuffle buffer (DataConfig.shuffle_buffer)
+    # pool: the platform's (train/shuffle.py); ray: Ray Data's local shuffle buffer, which the numpy
+    # collate and iterate variants use too (the pool hands out Arrow tables)
+    shuffle: str = "pool"
     prefetch_batches: int = 1  # iter_torch_batches' default
     collate: str = "arrow"  # arrow: the platform's ArrowCollate; numpy: collate on Ray's numpy batch
     iterate: str = "torch"  # torch: iter_torch_batches(collate_fn=...); numpy: iter_batches + collate
@@ -118,6 +122,7 @@ VARIANTS = {
     ),
     "shuffle256": Variant("local shuffle buffer of 256 rows", shuffle_buffer=256),
     "no-shuffle-buffer": Variant("local shuffle buffer off (file order is still shuffled)", shuffle_buffer=0),
+    "ray-shuffle": Variant("Ray Data's local shuffle buffer (copies every row twice)", shuffle="ray"),
     "iter-batches": Variant("iter_batches(numpy) + collate on the training thread", iterate="numpy"),
     "map-decode": Variant("volumes decoded in map_batches into a tensor column", decode_in_map=True),
     "prefetch4": Variant("prefetch_batches=4", prefetch_batches=4),
@@ -275,9 +280,13 @@ def worker_batches(shard: Any, spec: Any, variant: Variant, epoch: int, micro_ba
         from brainvlp.train.loop import _epoch_batches
 
         return _epoch_batches(shard, spec, epoch, micro_batch, ArrowCollate(pad_id=0))[0]
+    seed, pool = spec.train.seed + epoch, variant.shuffle == "pool" and variant.shuffle_buffer
+    if pool and variant.collate == "arrow" and variant.iterate == "torch":
+        buffer, prefetch = variant.shuffle_buffer, variant.prefetch_batches
+        return shuffled_torch_batches(shard, buffer, micro_batch, seed, ArrowCollate(), prefetch)
     shuffle = {
         "local_shuffle_buffer_size": variant.shuffle_buffer or None,
-        "local_shuffle_seed": spec.train.seed + epoch,
+        "local_shuffle_seed": seed,
         "prefetch_batches": variant.prefetch_batches,
     }
     if variant.iterate == "numpy":

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from brainvlp.data.sampler import SamplerStats, report_key, unique_report_batches
@@ -151,32 +152,46 @@ class FakeShard:
         self.calls.append(("iter_torch_batches", kwargs))
         return ["torch batch"]
 
-    def iter_batches(self, **kwargs: Any) -> Iterator[dict[str, np.ndarray]]:
+    def iter_batches(self, **kwargs: Any) -> Iterator[Any]:
         self.calls.append(("iter_batches", kwargs))
+        if kwargs["batch_format"] == "pyarrow":  # whole blocks, for the platform's own shuffle
+            return iter([pa.table({"study_id": [f"s{i:04d}" for i in range(3)]})])
         return ray_batches([0, 0, 1, 2, 3], 5)
 
 
-@pytest.mark.parametrize("unique", [False, True])
-def test_loop_picks_the_batch_source(unique: bool) -> None:
+class StudyIds:
+    """Stands in for ArrowCollate: a batch's study ids, from an Arrow table or a numpy batch."""
+
+    def __call__(self, table: pa.Table) -> list[str]:
+        return table["study_id"].to_pylist()
+
+    def numpy(self, batch: dict[str, np.ndarray]) -> list[str]:
+        return list(batch["study_id"])
+
+
+@pytest.mark.parametrize(("unique", "buffer"), [(False, 64), (False, 0), (True, 64)])
+def test_loop_picks_the_batch_source(unique: bool, buffer: int) -> None:
     from brainvlp.train.loop import _epoch_batches
 
     spec = SimpleNamespace(
-        data=SimpleNamespace(shuffle_buffer=64, unique_reports=unique), train=SimpleNamespace(seed=3)
+        data=SimpleNamespace(shuffle_buffer=buffer, unique_reports=unique), train=SimpleNamespace(seed=3)
     )
     shard = FakeShard()
-    ids = SimpleNamespace(numpy=lambda b: list(b["study_id"]))  # stands in for ArrowCollate's numpy path
-    batches, stats = _epoch_batches(shard, spec, 2, 2, collate_fn=ids)
+    batches, stats = _epoch_batches(shard, spec, 2, 2, collate_fn=StudyIds())
     batches = list(batches)
     ((method, kwargs),) = shard.calls
-    shuffle = {"local_shuffle_buffer_size": 64, "local_shuffle_seed": 5}
-    assert kwargs.items() >= {**shuffle, "batch_size": 2}.items()
-    if unique:
+    if unique:  # Ray's shuffle buffer, seeded per epoch, then the unique-report regrouping
         assert method == "iter_batches" and kwargs["batch_format"] == "numpy"
+        shuffle = {"local_shuffle_buffer_size": 64, "local_shuffle_seed": 5}
+        assert kwargs.items() >= {**shuffle, "batch_size": 2}.items()
         assert batches == [["s0000", "s0002"], ["s0001", "s0003"]] and stats.dropped == 1
+    elif buffer:  # whole blocks into train/shuffle.py's pool: one batch of 2 of the 3 rows, the last dropped
+        assert method == "iter_batches" and kwargs["batch_format"] == "pyarrow"
+        assert kwargs["batch_size"] is None
+        assert len(batches) == 1 and len(set(batches[0])) == 2 and stats is None
     else:
         assert method == "iter_torch_batches" and kwargs["drop_last"] is True and stats is None
-        assert kwargs["collate_fn"] is ids
-        assert batches == ["torch batch"]
+        assert "local_shuffle_buffer_size" not in kwargs and batches == ["torch batch"]
 
 
 def test_lockstep_passes_batches_through_and_stops_at_the_end(tmp_path: Path) -> None:

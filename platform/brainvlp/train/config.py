@@ -29,8 +29,8 @@ class DataConfig:
     shards: str | None = None  # an ingest output directory; in a pipeline, the ingest step's
     train_split: str = "train"
     dev_split: str = "dev"  # evaluated every ``train.eval_every`` steps
-    # Rows in each worker's local shuffle buffer, on top of the per-epoch file order; every row passes through
-    # it as a copy, so a larger buffer costs streaming speed (benchmarks/stream.py).
+    # Rows in each worker's local shuffle buffer, on top of the per-epoch file order (train/shuffle.py: row
+    # handles, no copies; its blocks stay mapped from the object store: it costs memory, not speed).
     shuffle_buffer: int = 64
     # Keep the decoded training split in Ray's object store across epochs (small data sets only).
     materialize: bool = False

@@ -26,6 +26,7 @@ from brainvlp.train.checkpointing import BestWeights, RunState, restore, save_ch
 from brainvlp.train.config import TrainConfig
 from brainvlp.train.dev_eval import evaluate_dev
 from brainvlp.train.engine import Engine
+from brainvlp.train.shuffle import shuffled_torch_batches
 from brainvlp.train.task import PretrainTask, build_augment, to_device
 from brainvlp.train.tracking import NullTracker, Tracker
 
@@ -133,13 +134,13 @@ def _epoch_batches(
 ) -> tuple[Iterable[dict[str, Any]], SamplerStats | None]:
     """One epoch's collated micro-batches; with ``data.unique_reports`` regrouped so that no report repeats
     within a batch, plus the sampler's counts (None without it)."""
-    shuffle = {
-        "local_shuffle_buffer_size": spec.data.shuffle_buffer or None,
-        "local_shuffle_seed": spec.train.seed + epoch,
-    }
+    seed = spec.train.seed + epoch
     if not spec.data.unique_reports:
-        kwargs = {"batch_size": micro_batch, "collate_fn": collate_fn, "drop_last": True, **shuffle}
-        return shard.iter_torch_batches(**kwargs), None
+        if spec.data.shuffle_buffer:
+            buffer = spec.data.shuffle_buffer
+            return shuffled_torch_batches(shard, buffer, micro_batch, seed, collate_fn), None
+        return shard.iter_torch_batches(batch_size=micro_batch, collate_fn=collate_fn, drop_last=True), None
+    shuffle = {"local_shuffle_buffer_size": spec.data.shuffle_buffer or None, "local_shuffle_seed": seed}
     stats = SamplerStats()
     rows = shard.iter_batches(batch_format="numpy", batch_size=micro_batch, **shuffle)
     return map(collate_fn.numpy, unique_report_batches(rows, micro_batch, stats)), stats
