@@ -437,12 +437,14 @@ def rate(epochs: Sequence[Epoch]) -> float:
 
 
 def print_row(name: str, epochs: Sequence[Epoch], mib_per_row: float) -> None:
-    """Over the epochs after the first: vol/s, MiB/s, CPU ms per volume, mean wait for the first batch;
-    and the first epoch's vol/s."""
+    """Over the epochs after the first: vol/s, MiB/s, CPU ms per volume, mean wait for the first batch and
+    vol/s after it (the rate once an epoch's pipeline has started); and the first epoch's vol/s."""
     counted, speed = epochs[1:] or epochs, rate(epochs)
-    cpu_ms = 1000 * sum(e.cpu_s for e in counted) / sum(e.rows for e in counted)
+    rows = sum(e.rows for e in counted)
+    cpu_ms = 1000 * sum(e.cpu_s for e in counted) / rows
     latency = sum(e.first_batch_s for e in counted) / len(counted)
-    shown = f"{latency:10.1f}s" if latency else ""
+    after = rows / sum(e.seconds - e.first_batch_s for e in counted)
+    shown = f"{latency:10.1f}s{after:9.1f}" if latency else ""
     first = epochs[0].rows / epochs[0].seconds
     print(f"{name:34}{speed:9.1f}{speed * mib_per_row:9.0f}{cpu_ms:9.1f}{first:9.1f}{shown}")
 
@@ -491,7 +493,7 @@ def report(
     mib_per_row: float,
     stats: bool,
 ) -> None:
-    print(f"{'':34}{'vol/s':>9}{'MiB/s':>9}{'CPU ms':>9}{'epoch 1':>9}{'1st batch':>11}")
+    print(f"{'':34}{'vol/s':>9}{'MiB/s':>9}{'CPU ms':>9}{'epoch 1':>9}{'1st batch':>11}{'after':>9}")
     for name, epochs in measured.items():
         print_row(name, epochs, mib_per_row)
     for name, (epochs, _) in streamed.items():
