@@ -40,20 +40,22 @@ each byte once: the driver's RSS, each worker's RSS less shared pages (its raw R
 pages it has mapped, which grows towards the store's high-water mark; Ray's memory monitor subtracts them
 likewise), and the store. The store's peak is also printed for each tenth of each run's streaming.
 
-The store holds whole blocks, so its use steps by a block (16 MiB, ``target_max_block_size``) and now
-and then rises a block or two above its usual level, when a read task's output lands while both workers
-still hold theirs. The longer 10x run meets more of those rare teeth, so its whole-run peak is the maximum
-of ten times as many chances. The store's verdict therefore compares like with like: the 1x run's peak
-against the peak of a typical stretch of the 10x run that streams as many rows (the median of its tenths'
-peaks); the whole-run peaks are printed above it. Blocks must be the same size at both sizes for this to
-mean anything: ``trainer.train_dataset`` reads one task per shard (``override_num_blocks``), where Ray by
-default cut a small set's blocks finer (to 200 blocks in all), which gave the 1x set 4 MiB blocks, the 10x
-set 16 MiB ones, and a store level 2.6x higher at 10x; ``--variant min200`` shows Ray's default.
+The store holds whole blocks, so its use steps by a block (here one 32 MiB shard: blocks are cut at
+``target_max_block_size``, 128 MiB) and now and then rises a block or two above its usual level, when a read
+task's output lands while both workers still hold theirs (each worker's shuffle pool keeps a block mapped
+until its last row is drawn). The longer 10x run meets more of those rare teeth, so its whole-run peak is
+the maximum of ten times as many chances. The store's verdict therefore compares like with like: the 1x
+run's peak against the peak of a typical stretch of the 10x run that streams as many rows (the median of its
+tenths' peaks); the whole-run peaks are printed above it. Blocks must be the same size at both sizes for
+this to mean anything: ``trainer.train_dataset`` reads one task per shard (``override_num_blocks``), where
+Ray by default cut a small set's blocks finer (to 200 blocks in all): with 16 MiB blocks that gave the 1x
+set 4 MiB blocks, the 10x set 16 MiB ones, and a store level 2.6x higher at 10x (``--variant min200``).
 
 Reading the result: a peak that grows between 1x and 10x is either a leak (it grows with the rows
 streamed: the tenths climb) or a window that the 1x run is too short to fill. ``--rows`` must make the 1x
-run long enough to reach the steady state: more than the rows the pipeline buffers (each worker's local
-shuffle buffer fills to 1.5 x its size + a batch before the first batch), and several seconds of streaming.
+run long enough to reach the steady state: more than the rows the pipeline buffers (each worker's shuffle
+pool fills to its size + a batch before the first batch), and several seconds of streaming; at the default
+sizes the 1x run's store climbs through its first half (see the tenths) and the 10x run's starts level.
 
 Run: ``python benchmarks/memory.py [--rows 4000] [--shape 32 64 64] [--variant platform]
 [--same-shard-count] [--free-objects-ms 100]``.
