@@ -140,6 +140,7 @@ def _epoch_batches(
             buffer = spec.data.shuffle_buffer
             return shuffled_torch_batches(shard, buffer, micro_batch, seed, collate_fn), None
         return shard.iter_torch_batches(batch_size=micro_batch, collate_fn=collate_fn, drop_last=True), None
+    # The unique-report regrouping works on Ray's numpy batches, so it keeps Ray's local shuffle buffer.
     shuffle = {"local_shuffle_buffer_size": spec.data.shuffle_buffer or None, "local_shuffle_seed": seed}
     stats = SamplerStats()
     rows = shard.iter_batches(batch_format="numpy", batch_size=micro_batch, **shuffle)

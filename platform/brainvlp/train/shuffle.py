@@ -3,14 +3,14 @@
 Ray Data's local shuffle buffer (``local_shuffle_buffer_size``) concatenates the blocks it receives into one
 table and ``take``s every batch out of it, so each row is copied twice (more when rows carry over between
 its compactions) before the collate function copies it once more into the batch tensor. With 4-16 MiB
-volumes per row, that was 1.5 ms of CPU per volume on the Train workers, a third of the whole Ray path's
-CPU (benchmarks/stream.py, ``ray-shuffle`` against ``platform``). Here the pool holds (block, row) handles
-into the Arrow blocks as they arrive from the object store; a batch is a zero-copy table of one-row slices,
-and ``ArrowCollate`` copies each volume once, into the batch.
+volumes per row, that was 1.5 ms of CPU per volume on the Train workers, about a quarter of the whole Ray
+path's CPU (benchmarks/stream.py, ``ray-shuffle`` against ``platform``). Here the pool holds (block, row)
+handles into the Arrow blocks as they arrive from the object store; a batch is a zero-copy table of one-row
+slices, and ``ArrowCollate`` copies each volume once, into the batch.
 
-The draw matches Ray's in distribution (uniform without replacement from a pool of at least
-``buffer_rows`` rows), seeded per epoch; the rows left at the end that cannot fill a batch are dropped, as
-``drop_last`` does, since every rank must take the same number of steps.
+Like Ray's buffer, it draws uniformly without replacement from a pool of at least ``buffer_rows`` rows,
+seeded per epoch; the rows left at the end that cannot fill a batch are dropped, as ``drop_last`` does,
+since every rank must take the same number of steps.
 """
 
 from __future__ import annotations
