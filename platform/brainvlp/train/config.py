@@ -43,6 +43,12 @@ class DataConfig:
     unique_reports: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
+    def validate(self, path: str) -> None:
+        if self.shuffle_buffer < 0:
+            raise SpecError(
+                f"{path}.shuffle_buffer", f"must be >= 0 rows (0 turns it off), found {self.shuffle_buffer}"
+            )
+
 
 @dataclass
 class TrainConfig:
