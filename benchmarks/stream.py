@@ -5,9 +5,9 @@ about 1 MiB each after zstd) stored three ways, all in a temporary directory:
 
 - Ray path (the platform's): brainvlp Parquet shards -> ``ray.data.read_parquet`` with the trainer's
   columns, seeded file shuffle and read settings (V1 reader, 128 MiB blocks) -> ``TorchTrainer(datasets=)``,
-  whose ``streaming_split`` feeds 2 Train workers -> ``iter_torch_batches`` with the loop's ``ArrowCollate``
-  and a 64-row local shuffle buffer. The ``platform`` variant calls the platform's own functions
-  (``trainer.train_dataset`` on the driver, ``loop._epoch_batches`` on the workers) with the default
+  whose ``streaming_split`` feeds 2 Train workers -> whole blocks into the platform's 64-row shuffle pool
+  (``train/shuffle.py``) and the loop's ``ArrowCollate``. The ``platform`` variant calls the platform's own
+  functions (``trainer.train_dataset`` on the driver, ``loop._epoch_batches`` on the workers) with the default
   ``DataConfig``; ``ray-defaults`` is the platform before this benchmark's findings (Ray's default reader
   and block size, numpy batches, 256-row buffer); the other variants change one thing (see ``VARIANTS``)
   to show where the time goes. Rate: rows of both workers over the wall time from the workers' common
