@@ -16,8 +16,9 @@ import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
@@ -30,6 +31,63 @@ class SpecError(ValueError):
     def __init__(self, path: str, message: str) -> None:
         super().__init__(f"{path or '<spec>'}: {message}")
         self.path = path
+
+
+@dataclass(frozen=True)
+class Range:
+    """The domain of a numeric spec field, attached with ``Annotated``: ``Annotated[float, Range(gt=0)]``.
+
+    ``parse`` checks it with the rest of the spec, so a value that cannot work (a zero batch size, a
+    negative learning rate) fails before Ray starts, naming its path and the domain.
+    """
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+
+    def contains(self, value: float) -> bool:
+        return not (
+            (self.gt is not None and not value > self.gt)
+            or (self.ge is not None and not value >= self.ge)
+            or (self.lt is not None and not value < self.lt)
+            or (self.le is not None and not value <= self.le)
+        )
+
+    def describe(self) -> str:
+        parts = [
+            f"{op} {bound:g}"
+            for op, bound in ((">", self.gt), (">=", self.ge), ("<", self.lt), ("<=", self.le))
+            if bound is not None
+        ]
+        return " and ".join(parts) or "any number"
+
+    def check(self, value: Any, path: str) -> None:
+        if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+            return
+        if value != value or not self.contains(value):  # NaN fails every bound
+            raise SpecError(path, f"must be {self.describe()}, found {value!r}")
+
+
+# The domains most fields need.
+Positive = Range(gt=0)
+NonNegative = Range(ge=0)
+Fraction = Range(ge=0, le=1)  # a probability, a ratio or a share
+PositiveInt = Annotated[int, Range(ge=1)]
+NonNegativeInt = Annotated[int, NonNegative]
+PositiveFloat = Annotated[float, Positive]
+NonNegativeFloat = Annotated[float, NonNegative]
+FractionFloat = Annotated[float, Fraction]
+
+
+def domain(hint: Any) -> Range | None:
+    """The ``Range`` attached to a type hint (through ``X | None`` too), or None."""
+    if get_origin(hint) is Annotated:
+        return next((meta for meta in hint.__metadata__ if isinstance(meta, Range)), None)
+    if get_origin(hint) in (Union, types.UnionType):
+        found = [r for option in get_args(hint) if (r := domain(option)) is not None]
+        return found[0] if found else None
+    return None
 
 
 def _join(path: str, key: str | int) -> str:
@@ -51,7 +109,7 @@ def parse(cls: type[T], data: Any, path: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise SpecError(_join(path, unknown[0]), f"unknown key; allowed keys: {', '.join(sorted(fields))}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     values = {}
     for name, field in fields.items():
         if name in data:
@@ -73,6 +131,12 @@ def parse(cls: type[T], data: Any, path: str = "") -> T:
 def _convert(hint: Any, value: Any, path: str) -> Any:
     """Check ``value`` against type ``hint``; return it converted (tuples, nested dataclasses)."""
     origin = get_origin(hint)
+    if origin is Annotated:
+        converted = _convert(get_args(hint)[0], value, path)
+        for meta in hint.__metadata__:
+            if isinstance(meta, Range):
+                meta.check(converted, path)
+        return converted
     if origin in (Union, types.UnionType):
         options = get_args(hint)
         if value is None and type(None) in options:
