@@ -91,20 +91,23 @@ def test_typed_cells_become_text(tmp_path: Path) -> None:
     assert json.loads(study["findings"]) == {"side": "left"}
 
 
-def test_bad_csv_names_the_problem_not_the_row(tmp_path: Path) -> None:
+def test_a_bad_csv_row_is_one_reject_naming_its_line_not_its_content(tmp_path: Path) -> None:
     path = tmp_path / "m.csv"
-    path.write_text('patient_id,study_id,report\nMRN1,A,"ok"\nMRN2,B\n')
-    with pytest.raises(ValueError, match=r"m\.csv: CSV parse error: Expected 3 columns, got 2") as err:
-        read_studies(path, COLUMNS, ())
-    assert "MRN" not in str(err.value)
+    path.write_text('patient_id,study_id,report\nMRN1,A,"ok"\nMRN2,B\nMRN3,C,"fine"\n')
+    studies, rejects = read_studies(path, COLUMNS, ())
+    assert [s["study_id"] for s in studies] == ["A", "C"]
+    assert [(r["manifest_line"], r["reason"]) for r in rejects] == [(3, "malformed_row")]
+    assert "2 fields where the header has 3" in rejects[0]["detail"] and "MRN" not in str(rejects)
 
 
-def test_bad_jsonl_names_the_line_not_its_content(tmp_path: Path) -> None:
+def test_a_bad_jsonl_line_is_one_reject_naming_its_line_not_its_content(tmp_path: Path) -> None:
     path = tmp_path / "m.jsonl"
-    path.write_text('{"patient_id": "MRN1", "study_id": "A"}\n{"patient_id": "MRN2", oops}\n')
-    with pytest.raises(ValueError, match=r"m\.jsonl, line 2: invalid JSON") as err:
-        read_studies(path, COLUMNS, ("t1c",))
-    assert "MRN" not in str(err.value)
+    good = '{"patient_id": "MRN1", "study_id": "A", "report": "x", "t1c": "a.nii"}'
+    path.write_text(f'{good}\n{{"patient_id": "MRN2", oops}}\n{good.replace("A", "B")}\n')
+    studies, rejects = read_studies(path, COLUMNS, ("t1c",))
+    assert [s["study_id"] for s in studies] == ["A", "B"]
+    assert [(r["manifest_line"], r["reason"]) for r in rejects] == [(2, "malformed_row")]
+    assert "line 2: invalid JSON" in rejects[0]["detail"] and "MRN" not in str(rejects)
 
 
 def test_pseudonym_key_from_env_then_file_then_generated(tmp_path: Path, monkeypatch) -> None:

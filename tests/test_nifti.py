@@ -220,7 +220,7 @@ def test_an_all_zero_mask_is_allowed(tmp_path: Path) -> None:
 def test_mask_labels_outside_uint8_are_rejected(tmp_path: Path) -> None:
     paths = {"t1": save(tmp_path / "t1.nii.gz", nib.Nifti1Image(phantom(), RAS_AFFINE))}
     bad_mask = save(tmp_path / "mask.nii.gz", nib.Nifti1Image(labels().astype(np.int16) - 1, RAS_AFFINE))
-    with pytest.raises(RejectError, match="unreadable_file"):
+    with pytest.raises(RejectError, match="bad_mask"):
         load_study(paths, SMALL, mask_path=bad_mask)
 
 

@@ -17,7 +17,8 @@ A study's findings are a JSON object with these keys (all optional; absent means
 
 ``positive_findings`` turns them into the set of positive labels that the finding-based retrieval metrics
 (P@5(F), R@5(F)) compare (clauses are not among them: they feed SeLIP's soft targets, not retrieval labels).
-``study_clauses`` validates and returns the clauses, ``clause_text`` phrases one the way SeLIP compares them.
+``study_clauses`` validates and returns the clauses, ``clause_text`` phrases one the way SeLIP compares them;
+``validate_findings`` checks a whole object against the schema (ingest rejects studies that fail it).
 """
 
 from __future__ import annotations
@@ -82,10 +83,11 @@ def _validated_clause(clause: Any, where: str) -> dict[str, str]:
         if field not in clause:
             raise ValueError(f"{where}: missing field {field!r} (need {', '.join(CLAUSE_FIELDS)})")
         value = clause[field]
+        # Errors name the field and the rule, never the value: findings may quote the report.
         if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"{where}: field {field!r} must be a non-empty string, got {value!r}")
+            raise ValueError(f"{where}: field {field!r} must be a non-empty string")
     if clause["side"] not in CLAUSE_SIDES:
-        raise ValueError(f"{where}: field 'side' must be one of {CLAUSE_SIDES}, got {clause['side']!r}")
+        raise ValueError(f"{where}: field 'side' must be one of {CLAUSE_SIDES}")
     return {field: clause[field] for field in CLAUSE_FIELDS}
 
 
@@ -109,3 +111,30 @@ def study_clauses(findings: Mapping[str, Any] | None) -> list[dict[str, str]]:
     if not isinstance(clauses, list):
         raise ValueError(f"findings 'clauses' must be a list of objects, got {type(clauses).__name__}")
     return [_validated_clause(clause, f"clause {index}") for index, clause in enumerate(clauses)]
+
+
+_CHOICES = {
+    "lesion_count_bucket": LESION_COUNT_BUCKETS,
+    "largest_mass_bucket": MASS_BUCKETS,
+    "side": SIDES,
+    "tumor_location": TUMOR_LOCATIONS,
+}
+
+
+def validate_findings(findings: Any) -> None:
+    """Check a study's findings against the schema above; raises ``ValueError`` naming the field and the
+    rule (never the value, which may quote the report). Unknown keys pass: sites may record more."""
+    if not isinstance(findings, Mapping):
+        raise ValueError(f"expected a JSON object, found {type(findings).__name__}")
+    for key in BOOLEAN_FINDINGS:
+        if findings.get(key) is not None and not isinstance(findings[key], bool):
+            raise ValueError(f"{key!r} must be true, false or null")
+    for key, allowed in _CHOICES.items():
+        if findings.get(key) is not None and findings[key] not in allowed:
+            raise ValueError(f"{key!r} must be one of {', '.join(allowed)} or null")
+    locations = findings.get("locations")
+    if locations is not None and (
+        not isinstance(locations, list) or any(loc not in LOCATIONS for loc in locations)
+    ):
+        raise ValueError(f"'locations' must be a list of: {', '.join(LOCATIONS)}")
+    study_clauses(findings)

@@ -17,6 +17,25 @@ REJECT_REASONS = (
     "missing_patient_id",
     "missing_study_id",
     "bad_findings",
+    # Budgets (data/limits.py): decided before the expensive work where the input shows its size.
+    "file_too_large",
+    "image_too_large",
+    "report_too_long",
+    "study_timeout",
+    # Content that reads but cannot be what the spec asks for.
+    "unsupported_datatype",
+    "not_magnitude_image",
+    "conflicting_geometry",
+    "bad_mask",
+    "mask_mismatch",
+    # Manifest rows.
+    "malformed_row",
+    "conflicting_columns",
+    "bad_id",
+    # A study whose processing failed in a way no rule above foresaw (a library bug, a worker that died
+    # on it every time): the job goes on, and the detail names the exception type and where it arose.
+    "internal_error",
+    "worker_died",
 )
 
 

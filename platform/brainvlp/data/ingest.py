@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import time
+import traceback
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ import pyarrow.parquet as pq
 
 from brainvlp.data import manifest as manifest_io
 from brainvlp.data.errors import RejectError
+from brainvlp.data.limits import IngestLimits, time_budget
 from brainvlp.data.nifti import VolumeConfig, load_study
 from brainvlp.data.plan import plan_digest, plan_shards, shard_capacity
 from brainvlp.data.reports import ReportConfig, prepare_report
@@ -39,6 +42,7 @@ from brainvlp.data.shards import (
 )
 from brainvlp.data.splits import SplitConfig, assign_splits, check_no_leakage, pseudonymise
 from brainvlp.data.tokenizers import load_tokenizer
+from brainvlp.errors import InputConflictError
 from brainvlp.spec import SpecError, to_plain
 
 log = logging.getLogger(__name__)
@@ -54,6 +58,8 @@ class IngestSpec:
     # CSV, TSV, JSONL or Parquet; a local path or a filesystem URI (s3://, gs://, file://). In a pipeline,
     # the phantom step's manifest by default.
     manifest: str | None = None
+    # The manifest's text encoding (CSV, TSV, JSONL), or "auto" to detect it (charset-normalizer).
+    manifest_encoding: str = "utf-8"
     sequences: tuple[str, ...] = ("t1c", "flair")  # manifest columns holding image paths, in channel order
     columns: manifest_io.ManifestColumns = field(default_factory=manifest_io.ManifestColumns)
     missing_sequence: Literal["zero", "reject"] = "zero"
@@ -61,6 +67,7 @@ class IngestSpec:
     report: ReportConfig = field(default_factory=ReportConfig)
     tokenizer: str = "builtin:minilm"  # must be the pretraining text encoder's tokenizer
     splits: SplitConfig = field(default_factory=SplitConfig)
+    limits: IngestLimits = field(default_factory=IngestLimits)  # per-study time, size and memory budgets
     shard_mb: float = 256.0  # bound on a shard's uncompressed rows
     min_shards: int = 32  # small ingests still spread over this many tasks
     workers: int | None = None  # concurrent shard tasks; None: every CPU of the cluster
@@ -86,14 +93,16 @@ class IngestSpec:
 
     def settings(self) -> dict[str, Any]:
         """What determines shard contents beyond the studies themselves (part of the plan digest)."""
-        keys = ("sequences", "columns", "missing_sequence", "volume", "report", "tokenizer")
+        keys = ("sequences", "columns", "missing_sequence", "volume", "report", "tokenizer", "limits")
         return {key: to_plain(getattr(self, key)) for key in keys}
 
 
 def _study_row(task: Mapping[str, Any], spec: IngestSpec, tokenizer: Any) -> dict[str, Any]:
     """Preprocess one study into a shard row; raises RejectError for bad input."""
     paths = {seq: task["images"][seq] for seq in spec.sequences}
-    study = load_study(paths, spec.volume, mask_path=task["mask"], missing=spec.missing_sequence)
+    study = load_study(
+        paths, spec.volume, mask_path=task["mask"], missing=spec.missing_sequence, limits=spec.limits
+    )
     report = prepare_report(task["report"], tokenizer, spec.report)
     return {
         "study_id": task["study_id"],
@@ -117,22 +126,43 @@ def write_shard(plan: dict[str, Any], spec: IngestSpec, out_dir: str) -> dict[st
     """Ray task: preprocess one planned shard's studies, write the shard, then its record."""
     start = time.perf_counter()
     tokenizer = load_tokenizer(spec.tokenizer)
-    rows, rejects, truncated = [], [], 0
+    rows, rejects, truncated, slowest = [], [], 0, 0.0
     for task in plan["studies"]:
+        began = time.perf_counter()
         try:
-            rows.append(_study_row(task, spec, tokenizer))
+            with time_budget(spec.limits.study_seconds):
+                rows.append(_study_row(task, spec, tokenizer))
             truncated += rows[-1]["truncated"]
         except RejectError as err:
             rejects.append(manifest_io.reject_record(task, err))
+        except Exception as exc:
+            rejects.append(manifest_io.reject_record(task, _internal_error(exc)))
+        slowest = max(slowest, time.perf_counter() - began)
     record = {"file": plan["file"], "split": plan["split"], "rows": len(rows), "sha256": "", "bytes": 0}
     if rows:
         path = Path(out_dir) / plan["file"]
         write_table_atomic(rows, SCHEMA, path)
         record.update(sha256=sha256_file(path), bytes=path.stat().st_size)
-    record.update(rejects=rejects, truncated=truncated, seconds=round(time.perf_counter() - start, 3))
+    record.update(
+        rejects=rejects,
+        truncated=truncated,
+        seconds=round(time.perf_counter() - start, 3),
+        slowest_study_seconds=round(slowest, 3),
+        # The worker's lifetime peak: an upper bound of what any of its studies needed.
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    )
     # Written after the shard is in place: a record always describes a complete shard.
     _write_json_atomic(Path(out_dir) / PROGRESS_DIR / f"{plan['file']}.json", record)
     return {"file": plan["file"], "studies": len(plan["studies"]), "rejects": len(rejects)}
+
+
+def _internal_error(exc: Exception) -> RejectError:
+    """A reject for an unforeseen failure: the exception type and where it arose, never its message (which
+    may quote a path, an id or report text)."""
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
+    log.warning("ingest: a study failed with %s%s; rejected as internal_error", type(exc).__name__, where)
+    return RejectError("internal_error", f"{type(exc).__name__}{where}")
 
 
 def _write_json_atomic(path: Path, content: Mapping[str, Any]) -> None:
@@ -146,7 +176,9 @@ def run_ingest(spec: IngestSpec, run_dir: Path) -> dict[str, Any]:
     if spec.manifest is None:
         raise SpecError("manifest", "required: path or URI of a CSV, TSV, JSONL or Parquet manifest")
     start = time.perf_counter()
-    studies, early_rejects = manifest_io.read_studies(spec.manifest, spec.columns, spec.sequences)
+    studies, early_rejects = manifest_io.read_studies(
+        spec.manifest, spec.columns, spec.sequences, encoding=spec.manifest_encoding, limits=spec.limits
+    )
     num_input = len(studies) + len(early_rejects)
     assign_splits(studies, spec.splits)
     key = manifest_io.pseudonym_key(spec.pseudonym_key_env, spec.pseudonym_key_file, run_dir)
@@ -190,7 +222,7 @@ def _prepare_run_dir(run_dir: Path, digest: str, plans: list[dict[str, Any]]) ->
     if (run_dir / "index.json").exists():
         found.append(read_index(run_dir).get("plan_sha256"))
     if any(previous != digest for previous in found):
-        raise RuntimeError(
+        raise InputConflictError(
             f"{run_dir} holds an ingest of another manifest, spec or pseudonymisation key (the plan "
             "differs): write to another run_name or output_root, or delete that directory to start over"
         )

@@ -3,28 +3,28 @@ up front.
 
 The manifest and the paths in it may be local paths or filesystem URIs (``s3://``, ``gs://``, ``file://``);
 image and mask paths may be absolute or relative to the manifest's folder. Rows without a patient or study
-id, and repeated study ids, are rejected here (naming the manifest row), before any image is opened.
+id, repeated study ids, unreadable records (``manifest_formats``), over-long reports and findings off the
+schema are rejected here (naming the manifest row and line), before any image is opened.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import os
 import posixpath
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
 
-from brainvlp.data import storage
+from brainvlp.data import manifest_formats, storage
 from brainvlp.data.errors import RejectError
-from brainvlp.findings import study_clauses
+from brainvlp.data.limits import IngestLimits
+from brainvlp.errors import MissingInputError, UserError
+from brainvlp.findings import validate_findings
 
 log = logging.getLogger(__name__)
 
@@ -42,83 +42,45 @@ class ManifestColumns:
     findings: str | None = "findings"  # optional column of findings JSON
 
 
-def _read_table(path: str) -> list[dict[str, Any]]:
+def read_records(path: str, encoding: str, id_columns: list[str]) -> manifest_formats.Records:
+    """The manifest's records by format (``manifest_formats``); errors that concern the whole file."""
     suffix = posixpath.splitext(path)[1].lower()
     if suffix not in MANIFEST_FORMATS:
-        raise ValueError(
-            f"manifest {path}: unsupported format {suffix!r}; expected one of {MANIFEST_FORMATS}"
-        )
+        raise UserError(f"manifest {path}: unsupported format {suffix!r}; expected one of {MANIFEST_FORMATS}")
     try:
         data = storage.read_bytes(path, gunzip=False)
     except FileNotFoundError:
-        raise FileNotFoundError(f"manifest {path} does not exist") from None
+        raise MissingInputError(f"manifest {path} does not exist") from None
+    except OSError as exc:
+        raise UserError(f"manifest {path}: cannot read it ({type(exc).__name__})") from None
     if suffix == ".parquet":
-        return pq.read_table(io.BytesIO(data)).to_pylist()
-    if suffix == ".jsonl":
-        return _read_jsonl(path, data)
-    try:
-        return _read_csv(data, delimiter="\t" if suffix == ".tsv" else ",")
-    except pa.ArrowInvalid as exc:
-        # pyarrow quotes the offending row, which may hold a patient id or report text: keep only the
-        # structural part of the message ("Expected 5 columns, got 3").
-        reason = str(exc).split(":", 2)[1].strip() if str(exc).count(":") >= 2 else "malformed CSV"
-        raise ValueError(f"manifest {path}: CSV parse error: {reason} (row content withheld)") from None
-
-
-def _read_csv(data: bytes, delimiter: str) -> list[dict[str, Any]]:
-    # Every column as text: ids such as 00123 must keep their leading zeros.
-    read = pa_csv.ReadOptions(autogenerate_column_names=False)
-    parse = pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
-    header = pa_csv.read_csv(io.BytesIO(data), read_options=read, parse_options=parse).schema.names
-    convert = pa_csv.ConvertOptions(strings_can_be_null=True, column_types=dict.fromkeys(header, "string"))
-    return pa_csv.read_csv(
-        io.BytesIO(data), read_options=read, parse_options=parse, convert_options=convert
-    ).to_pylist()
-
-
-def _read_jsonl(path: str, data: bytes) -> list[dict[str, Any]]:
-    rows = []
-    for line_number, line in enumerate(data.decode("utf-8-sig").splitlines(), start=1):
-        if not line.strip():
-            continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            # The message names the position only: the line itself may hold a report or a patient id.
-            raise ValueError(f"manifest {path}, line {line_number}: invalid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"manifest {path}, line {line_number}: expected a JSON object per line")
-        rows.append(row)
-    return rows
+            return manifest_formats.read_parquet(data)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise UserError(f"manifest {path}: not a readable Parquet file ({type(exc).__name__})") from None
+    text = manifest_formats.decode(path, data, encoding)
+    if suffix == ".jsonl":
+        return manifest_formats.read_jsonl(text)
+    return manifest_formats.read_csv(text, "\t" if suffix == ".tsv" else ",", id_columns)
 
 
-def _text(value: Any) -> str | None:
-    """A cell as text: Parquet and JSONL may type ids as numbers and findings as objects."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, dict | list):
-        return json.dumps(value, sort_keys=True)
-    return str(value)
-
-
-def _check_columns(path: str, rows: list[dict[str, Any]], required: list[str]) -> None:
-    available = list(rows[0]) if rows else []
+def _check_columns(path: str, available: list[str], required: list[str]) -> None:
     missing = [c for c in required if c not in available]
     if missing:
-        raise ValueError(f"manifest {path}: missing column(s) {missing}; found columns {available}")
+        raise UserError(f"manifest {path}: missing column(s) {missing}; found columns {available}")
 
 
-def check_findings(text: str, where: str) -> None:
-    """Reject findings that are not a JSON object or whose clauses are malformed (training would fail on
-    them much later, in the middle of a run)."""
+def check_findings(text: str, where: str, max_chars: int) -> None:
+    """Reject findings that are too long, not one JSON object, or off the schema (training would fail on
+    them much later, in the middle of a run); details name the rule, never a value."""
     if not text:
         return
+    if len(text) > max_chars:
+        raise RejectError("bad_findings", f"{where}: over the {max_chars} character budget")
+    findings = manifest_formats.json_object(text, where, "bad_findings")
     try:
-        findings = json.loads(text)
-        if not isinstance(findings, dict):
-            raise ValueError(f"expected a JSON object, found {type(findings).__name__}")
-        study_clauses(findings)
-    except ValueError as err:  # JSONDecodeError is a ValueError; its message holds no cell content
+        validate_findings(findings)
+    except ValueError as err:  # findings.py's messages name fields and rules, not values
         raise RejectError("bad_findings", f"{where}: {err}") from None
 
 
@@ -129,46 +91,90 @@ def _resolve(path: str | None, base: str) -> str | None:
 
 
 def read_studies(
-    path: str | Path, columns: ManifestColumns, sequences: tuple[str, ...]
+    path: str | Path,
+    columns: ManifestColumns,
+    sequences: tuple[str, ...],
+    *,
+    encoding: str = "utf-8",
+    limits: IngestLimits | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Tasks for the studies that can be attempted, and rejects for the rows that cannot."""
-    path = str(path)
+    """Tasks for the studies that can be attempted, and rejects for the records that cannot.
+
+    Every record of the manifest is one or the other: the structural count (``manifest_formats``) must
+    equal tasks + rejects, or this raises rather than lose a study without a record.
+    """
+    path, limits = str(path), limits or IngestLimits()
     base = storage.parent(path)
-    rows = [{key: _text(value) for key, value in row.items()} for row in _read_table(path)]
-    if not rows:
-        raise ValueError(f"manifest {path} has no rows")
-    _check_columns(path, rows, [columns.patient_id, columns.study_id, columns.report, *sequences])
+    records = read_records(path, encoding, [columns.patient_id, columns.study_id])
+    if records.count == 0:
+        raise UserError(f"manifest {path} has no rows")
+    # A column no row has is a naming mistake in the spec; in JSONL one row without a key is that row's
+    # missing value (a missing sequence, report or id), which the row's own rules decide.
+    required = [columns.patient_id, columns.study_id, columns.report, *sequences]
+    _check_columns(path, records.columns, required)
+    numbered = sorted(
+        [(line, row, None) for line, row in records.rows] + [(line, None, err) for line, err in records.bad],
+        key=lambda item: item[0],
+    )
     studies, rejects, seen = [], [], {}
-    for row_number, row in enumerate(rows):
-        task = {
+    for row_number, (line, row, error) in enumerate(numbered):
+        task = _task(row or {}, columns, sequences, base) | {
             "manifest_row": row_number,
-            "study_id": (row.get(columns.study_id) or "").strip(),
-            "patient_id": (row.get(columns.patient_id) or "").strip(),
-            "images": {seq: _resolve(row.get(seq), base) for seq in sequences},
-            "mask": _resolve(row.get(columns.mask), base) if columns.mask else None,
-            "report": row.get(columns.report),
-            "findings": (row.get(columns.findings) or "") if columns.findings else "",
+            "manifest_line": line,
         }
         try:
-            if not task["study_id"]:
-                raise RejectError(
-                    "missing_study_id", f"manifest row {row_number}: empty {columns.study_id!r}"
-                )
-            if not task["patient_id"]:
-                raise RejectError(
-                    "missing_patient_id", f"manifest row {row_number}: empty {columns.patient_id!r}"
-                )
-            if task["study_id"] in seen:
-                raise RejectError(
-                    "duplicate_study_id", f"same study id as manifest row {seen[task['study_id']]}"
-                )
-            check_findings(task["findings"], f"manifest row {row_number}: {columns.findings!r}")
+            if error is not None:
+                raise error
+            _check_row(task, columns, limits, seen)
         except RejectError as err:
             rejects.append(reject_record(task, err))
             continue
         seen[task["study_id"]] = row_number
         studies.append(task)
+    if len(studies) + len(rejects) != records.count:
+        raise UserError(
+            f"manifest {path}: {records.count} records by its structure but {len(studies) + len(rejects)} "
+            "read; a row's quoting or line breaks fooled the parser, so nothing was ingested"
+        )
     return studies, rejects
+
+
+def _task(row: dict[str, Any], columns: ManifestColumns, sequences: tuple[str, ...], base: str) -> dict:
+    return {
+        "study_id": (row.get(columns.study_id) or "").strip(),
+        "patient_id": (row.get(columns.patient_id) or "").strip(),
+        # A sequence column a row lacks (JSONL) is a missing sequence, which the spec already rules on.
+        "images": {seq: _resolve(row.get(seq), base) for seq in sequences},
+        "mask": _resolve(row.get(columns.mask), base) if columns.mask else None,
+        "report": row.get(columns.report),
+        "findings": (row.get(columns.findings) or "") if columns.findings else "",
+    }
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _check_row(task: dict, columns: ManifestColumns, limits: IngestLimits, seen: dict[str, int]) -> None:
+    """The checks one row can fail before any file is opened; details never quote a cell."""
+    where = f"manifest row {task['manifest_row']}"
+    for key, column, missing in (
+        ("study_id", columns.study_id, "missing_study_id"),
+        ("patient_id", columns.patient_id, "missing_patient_id"),
+    ):
+        if not task[key]:
+            raise RejectError(missing, f"{where}: empty {column!r}")
+        if len(task[key]) > limits.max_id_chars or _CONTROL.search(task[key]):
+            raise RejectError(
+                "bad_id", f"{where}: {column!r} is over {limits.max_id_chars} characters or has control codes"
+            )
+    if task["study_id"] in seen:
+        raise RejectError("duplicate_study_id", f"same study id as manifest row {seen[task['study_id']]}")
+    report = task["report"]
+    if report is not None and len(report) > limits.max_report_chars:
+        raise RejectError(
+            "report_too_long", f"{where}: {len(report)} characters, over {limits.max_report_chars}"
+        )
+    check_findings(task["findings"], f"{where}: {columns.findings!r}", limits.max_findings_chars)
 
 
 def reject_record(task: dict[str, Any], err: RejectError) -> dict[str, Any]:
@@ -176,6 +182,7 @@ def reject_record(task: dict[str, Any], err: RejectError) -> dict[str, Any]:
     return {
         "study_id": task["study_id"],
         "manifest_row": task["manifest_row"],
+        "manifest_line": task.get("manifest_line"),
         "reason": err.reason,
         "detail": err.detail,
     }
@@ -191,11 +198,9 @@ def pseudonym_key(env_var: str, key_file: str | None, run_dir: Path) -> bytes:
         try:
             key = storage.read_bytes(key_file, gunzip=False).strip()
         except OSError as exc:
-            raise ValueError(f"pseudonym_key_file {key_file}: cannot read ({type(exc).__name__})") from None
+            raise UserError(f"pseudonym_key_file {key_file}: cannot read ({type(exc).__name__})") from None
         if len(key) < 16:
-            raise ValueError(
-                f"pseudonym_key_file {key_file}: a key needs at least 16 bytes, found {len(key)}"
-            )
+            raise UserError(f"pseudonym_key_file {key_file}: a key needs at least 16 bytes, found {len(key)}")
         return key
     generated = run_dir / "pseudonym.key"
     if not generated.exists():

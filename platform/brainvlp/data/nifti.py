@@ -12,16 +12,13 @@ inferior->superior (axial slices), H posterior->anterior, W left->right. Every s
 LPS, LIA, ...) of the same physical image therefore yields the same array. ``spacing`` and
 ``StudyVolume.spacing`` are in (D, H, W) order too.
 
-Memory. Voxels are float32 from the moment they leave the file: nibabel's own ``get_fdata`` scales via
-float64, which costs ~2.5x the memory and ~10x the time on a 512x512x300 int16 volume.
+Reading and validating a file (budgets from its header, geometry, intensities) is ``nifti_load.py``; voxels
+are float32 from the moment they leave the file.
 """
 
 from __future__ import annotations
 
-import io
-import os
 import warnings
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -30,31 +27,27 @@ import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
-from nibabel.filebasedimages import ImageFileError
 from nibabel.spaces import vox2out_vox
-from nibabel.spatialimages import HeaderDataError
 
-from brainvlp.data import storage
 from brainvlp.data.errors import RejectError
+from brainvlp.data.limits import IngestLimits
+from brainvlp.data.nifti_load import load_nifti, voxels_float32
 from brainvlp.data.resample import Grid, resample
 
 Fit = Literal["resize", "crop_pad"]
 Intensity = Literal["brat", "znorm", "selip"]
 
-# Voxel sizes outside this range (mm) are header corruption, not an acquisition choice.
-MIN_VOXEL_MM = 0.01
-MAX_VOXEL_MM = 20.0
-# A larger field of view along any axis means a corrupt header (a head is < 300 mm) and would make the
-# resampling grid explode in memory.
-MAX_EXTENT_MM = 500.0
+# Label values must be integers up to float round-off.
+MASK_ROUNDING = 0.01
+# At least this share of a mask's labelled voxels must lie in the image's foreground after resampling;
+# a lower share means the mask belongs to another scan or another geometry.
+MASK_OVERLAP = 0.5
 # SeLIP truncates at the 99.9th percentile of the whole image.
 SELIP_PERCENTILE = 99.9
 # Percentiles are bracketed from a strided sample of about this many voxels, at this many percentile points
 # below the target: the sample quantile's standard error there is ~0.04 points, so the bracket holds.
 PERCENTILE_SAMPLE = 100_000
 PERCENTILE_MARGIN = 0.5
-# Failures pyarrow/gzip/nibabel/numpy raise on bytes that are not a readable NIfTI volume.
-_READ_ERRORS = (OSError, EOFError, ValueError, TypeError, zlib.error, ImageFileError, HeaderDataError)
 
 
 @dataclass
@@ -96,95 +89,6 @@ class StudyVolume:
     present: list[bool]
     mask: np.ndarray | None  # uint8 (D, H, W)
     spacing: tuple[float, float, float]  # output voxel size in mm, (D, H, W) order
-
-
-def load_nifti(path: str, *, label: str | None = None, allow_empty: bool = False) -> nib.Nifti1Image:
-    """Load and validate one 3D volume from a local path or a filesystem URI; return it with float32
-    voxels in memory.
-
-    ``label`` names the file in reject details (default: its base name); pass a sequence name when paths
-    may carry patient ids. ``allow_empty`` accepts a constant volume (an all-zero mask is legitimate).
-    Raises RejectError for every kind of bad input so that ingest can record it instead of crashing.
-    """
-    name = label or os.path.basename(path)
-    try:
-        data = storage.read_bytes(path)
-        img = _nifti_from_bytes(data, name)
-    except _READ_ERRORS as exc:
-        # ``from None``: pyarrow's and nibabel's messages embed the full path, which may hold patient ids.
-        raise RejectError("unreadable_file", f"{name}: {type(exc).__name__}") from None
-    shape = _spatial_shape(img.shape, name)
-    _check_geometry(img, _raw_pixdim(img, data), shape, name)
-    try:
-        voxels = _voxels_float32(img).reshape(shape)
-    except _READ_ERRORS as exc:
-        raise RejectError("unreadable_file", f"{name}: {type(exc).__name__} reading voxels") from None
-    lo, hi = voxels.min(), voxels.max()  # min/max propagate NaN/Inf without a full-size boolean temporary
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise RejectError("nonfinite_voxels", f"{name}: NaN or Inf voxels")
-    if lo == hi and not allow_empty:
-        raise RejectError("empty_volume", f"{name}: every voxel equals {float(lo):g}")
-    return nib.Nifti1Image(voxels, img.affine)
-
-
-def _nifti_from_bytes(data: bytes, name: str) -> nib.Nifti1Image:
-    """Parse an uncompressed single-file NIfTI-1 or NIfTI-2 image held in memory."""
-    for image_class in (nib.Nifti1Image, nib.Nifti2Image):
-        header = image_class.header_class
-        if header.may_contain_header(data[: header.sizeof_hdr]):
-            return image_class.from_bytes(data)
-    raise RejectError("unreadable_file", f"{name}: not a NIfTI-1/2 file (.nii or .nii.gz)")
-
-
-def _spatial_shape(shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
-    """Drop trailing singleton axes (a 4D file holding one volume); what is left must be a real 3D grid."""
-    spatial = tuple(shape)
-    while len(spatial) > 3 and spatial[-1] == 1:
-        spatial = spatial[:-1]
-    if len(spatial) != 3 or min(spatial) < 2:
-        raise RejectError("not_3d", f"{name}: shape {tuple(shape)}")
-    return spatial
-
-
-def _check_geometry(img: nib.Nifti1Image, zooms: np.ndarray, shape: tuple[int, int, int], name: str) -> None:
-    """Reject headers whose voxel sizes (``zooms``, as stored) or affine cannot place the volume in world
-    space."""
-    if not _plausible_voxels(zooms):
-        raise RejectError("degenerate_voxel_size", f"{name}: voxel size {zooms.tolist()} mm")
-    affine = np.asarray(img.affine, dtype=np.float64)
-    columns = np.linalg.norm(affine[:3, :3], axis=0) if np.isfinite(affine).all() else np.zeros(3)
-    # Relative determinant: ~0 when the axes are (nearly) collinear, whatever the voxel size.
-    if columns.min() == 0 or abs(np.linalg.det(affine[:3, :3])) < 1e-6 * columns.prod():
-        raise RejectError("singular_affine", f"{name}: affine cannot map voxels to world space")
-    if not _plausible_voxels(columns):
-        raise RejectError("degenerate_voxel_size", f"{name}: affine voxel size {columns.tolist()} mm")
-    extent = columns * (np.asarray(shape) - 1)
-    if extent.max() > MAX_EXTENT_MM:
-        raise RejectError("degenerate_voxel_size", f"{name}: field of view {extent.tolist()} mm")
-
-
-def _raw_pixdim(img: nib.Nifti1Image, data: bytes) -> np.ndarray:
-    """Spatial pixdim as stored: nibabel's loader silently turns zero sizes into 1 mm and negatives into
-    their absolute value, which would hide a corrupt header, so re-read the header without that fix."""
-    raw = type(img.header).from_fileobj(io.BytesIO(data), check=False)
-    return np.asarray(raw["pixdim"][1:4], dtype=np.float64)
-
-
-def _plausible_voxels(sizes: np.ndarray) -> bool:
-    return bool(np.isfinite(sizes).all() and sizes.min() >= MIN_VOXEL_MM and sizes.max() <= MAX_VOXEL_MM)
-
-
-def _voxels_float32(img: nib.spatialimages.SpatialImage) -> np.ndarray:
-    """Scaled voxels as float32 with one full-size allocation (see the module docstring for why)."""
-    if not nib.is_proxy(img.dataobj):
-        return np.asarray(img.dataobj, dtype=np.float32)
-    data = np.asarray(img.dataobj.get_unscaled()).astype(np.float32)
-    slope, inter = float(img.dataobj.slope), float(img.dataobj.inter)
-    if slope != 1.0:
-        data *= np.float32(slope)
-    if inter != 0.0:
-        data += np.float32(inter)
-    return data
 
 
 def _output_grid(reference: nib.spatialimages.SpatialImage | Grid, config: VolumeConfig) -> Grid:
@@ -297,7 +201,7 @@ def preprocess_image(
     co-registered sequences of one study land on the same voxels.
     """
     grid = _output_grid(img if reference is None else reference, config)
-    volume = resample(_voxels_float32(img), img.affine, grid, order=1)
+    volume = resample(voxels_float32(img), img.affine, grid, order=1)
     volume = _fit(_normalise_intensity(volume, config), config, labels=False)
     return np.rint(volume, out=volume).astype(np.int16)
 
@@ -314,12 +218,15 @@ def preprocess_mask(
     by default the mask's own geometry defines it, which is the same grid when the mask shares the
     image's shape and affine.
     """
-    voxels = _voxels_float32(img)
+    voxels = voxels_float32(img)
     lo, hi = voxels.min(), voxels.max()
     if lo < 0 or hi > np.iinfo(np.uint8).max:
-        raise RejectError("unreadable_file", f"mask labels span {float(lo):g}..{float(hi):g}, not 0..255")
+        raise RejectError("bad_mask", f"mask labels span {float(lo):g}..{float(hi):g}, not 0..255")
     # Labels go to uint8 before resampling: nearest neighbour needs no float, and it quarters the memory.
     labels = np.rint(voxels).astype(np.uint8)
+    # Rounding a probability map or an interpolated mask would invent labels without a word.
+    if np.abs(voxels - labels).max() > MASK_ROUNDING:
+        raise RejectError("bad_mask", "mask values are not integer labels (a probability map?)")
     grid = _output_grid(img if reference is None else reference, config)
     return _fit(resample(labels, img.affine, grid, order=0), config, labels=True)
 
@@ -330,12 +237,14 @@ def load_study(
     *,
     mask_path: str | None = None,
     missing: Literal["zero", "reject"] = "zero",
+    limits: IngestLimits | None = None,
 ) -> StudyVolume:
     """Load a multi-sequence study as channels on one grid (METHODS 1.1 step 5).
 
     The first present sequence defines the output grid; the others are co-registered and resampled onto
     it. A sequence whose path is None or empty is a zero channel (``missing="zero"``) or a reject.
-    Volumes are loaded one at a time so that peak memory is one full-resolution volume.
+    Volumes are loaded one at a time so that peak memory is one full-resolution volume; ``limits``
+    bounds what one file may cost. A mask with labels must overlap the image's foreground.
     """
     if missing not in ("zero", "reject"):
         raise ValueError(f"missing must be 'zero' or 'reject', got {missing!r}")
@@ -349,12 +258,28 @@ def load_study(
     reference: Grid | None = None
     for channel, (name, path) in enumerate(sequence_paths.items()):
         if path:
-            img = load_nifti(path, label=f"sequence {name}")
+            img = load_nifti(path, label=f"sequence {name}", limits=limits)
             reference = reference or (img.shape, img.affine)
             volume[channel] = preprocess_image(img, config, reference=reference)
     mask = None
     if mask_path:
-        mask_img = load_nifti(mask_path, label="mask", allow_empty=True)
+        mask_img = load_nifti(mask_path, label="mask", allow_empty=True, limits=limits)
+        labelled = bool(np.asarray(mask_img.dataobj).max() >= 0.5)
         mask = preprocess_mask(mask_img, config, reference=reference)
+        if labelled:
+            _check_overlap(mask, volume[present])
     grid_shape = _output_grid(reference, config)[0]
     return StudyVolume(volume=volume, present=present, mask=mask, spacing=_fitted_spacing(grid_shape, config))
+
+
+def _check_overlap(mask: np.ndarray, channels: np.ndarray) -> None:
+    """Reject a labelled mask that lands outside the image's grid or foreground (``MASK_OVERLAP``)."""
+    labelled = mask > 0
+    count = int(np.count_nonzero(labelled))
+    if count == 0:
+        raise RejectError("mask_mismatch", "no labelled voxel of the mask lands on the image's grid")
+    share = np.count_nonzero(labelled & (channels > 0).any(axis=0)) / count
+    if share < MASK_OVERLAP:
+        raise RejectError(
+            "mask_mismatch", f"only {share:.0%} of the mask's labelled voxels lie in the image's foreground"
+        )

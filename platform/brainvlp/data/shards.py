@@ -21,7 +21,7 @@ A shard directory holds:
   findings       string                 structured findings as JSON (brainvlp.findings), or ""
   ============== ====================== =====================================================
 
-- ``rejects.parquet``: study_id, manifest_row, reason, detail: every study not in a shard.
+- ``rejects.parquet``: study_id, manifest_row, manifest_line, reason, detail: every study not in a shard.
 - ``index.json``: format version, sequences, volume shape, tokenizer, per-split row counts, the shard list
   with row counts and sha256, and reject counts by reason. Readers trust the index, not a directory listing.
 
@@ -68,6 +68,7 @@ REJECT_SCHEMA = pa.schema(
     [
         ("study_id", pa.string()),
         ("manifest_row", pa.int64()),
+        ("manifest_line", pa.int64()),  # 1-based line of a CSV/TSV/JSONL manifest, row of a Parquet one
         ("reason", pa.string()),
         ("detail", pa.string()),
     ]
