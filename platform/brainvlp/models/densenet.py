@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from monai.networks.nets import DenseNet121
 from torch import nn
 
 from brainvlp.models.base import VISION, VisionConfig
@@ -31,6 +30,8 @@ class DenseNetConfig(VisionConfig):
 class DenseNetBackbone(nn.Module):
     def __init__(self, config: DenseNetConfig, *, in_channels: int) -> None:
         super().__init__()
+        from monai.networks.nets import DenseNet121  # lazy: importing MONAI costs seconds
+
         net = DenseNet121(
             spatial_dims=3,
             in_channels=in_channels,

@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from transformers import Blip2QFormerConfig, Blip2QFormerModel, PreTrainedModel
+
+if TYPE_CHECKING:  # imported where used: transformers costs most of a second to import
+    from transformers import PreTrainedModel
 
 
 @dataclass
@@ -67,6 +70,8 @@ def enable_layer_checkpointing(model: PreTrainedModel) -> None:
 class QFormer(nn.Module):
     def __init__(self, config: QFormerConfig, text_model: PreTrainedModel, image_dim: int) -> None:
         super().__init__()
+        from transformers import Blip2QFormerConfig, Blip2QFormerModel
+
         text = text_model.config
         num_layers = config.num_layers or text.num_hidden_layers
         if config.init_from_text and num_layers > text.num_hidden_layers:

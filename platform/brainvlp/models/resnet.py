@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from monai.networks.nets import ResNet
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -71,6 +70,8 @@ def _frozen_norm_statistics(module: nn.Module) -> Iterator[None]:
 class ResNetBackbone(nn.Module):
     def __init__(self, config: ResNetConfig, *, in_channels: int) -> None:
         super().__init__()
+        from monai.networks.nets import ResNet  # lazy: importing MONAI costs seconds
+
         self.net = ResNet(
             block=config.block,
             layers=list(config.layers),

@@ -15,11 +15,13 @@ in-code tokenizer, for tests).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
-from transformers import AutoModel, BertConfig, BertModel
+
+if TYPE_CHECKING:  # imported where used: transformers costs most of a second to import
+    from transformers import BertModel
 
 from brainvlp.data.reports import SECTION_KEYS
 from brainvlp.data.tokenizers import load_tokenizer, resolve_model_path
@@ -44,6 +46,8 @@ class TextConfig:
 
 
 def _tiny_bert() -> BertModel:
+    from transformers import BertConfig, BertModel
+
     vocab_size = len(load_tokenizer("builtin:tiny"))
     config = BertConfig(
         vocab_size=vocab_size,
@@ -60,6 +64,8 @@ def load_text_model(path: str) -> nn.Module:
     """The encoder behind ``path``; only local files are read (clusters point at a local copy)."""
     if path == "builtin:tiny":
         return _tiny_bert()
+    from transformers import AutoModel
+
     local = resolve_model_path(path)
     try:
         return AutoModel.from_pretrained(local, local_files_only=True)

@@ -16,7 +16,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
-from monai.networks.nets.basic_unet import Down, TwoConv
 from torch import nn
 
 from brainvlp.models.base import VISION, VisionConfig
@@ -45,6 +44,8 @@ class UNetEncoderConfig(VisionConfig):
 class UNetEncoderBackbone(nn.Module):
     def __init__(self, config: UNetEncoderConfig, *, in_channels: int) -> None:
         super().__init__()
+        from monai.networks.nets.basic_unet import Down, TwoConv  # lazy: MONAI costs seconds
+
         widths = config.channels
         levels = [("conv_0", TwoConv(3, in_channels, widths[0], ACT, NORM, True, config.dropout))]
         levels += [

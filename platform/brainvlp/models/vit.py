@@ -17,8 +17,6 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-from monai.networks.blocks import TransformerBlock
-from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 from torch import nn
 
 from brainvlp.models.base import VISION, VisionConfig
@@ -68,6 +66,8 @@ def sincos_positions(
     grid_dhw: tuple[int, int, int], width: int, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
     """MONAI's fixed 3D sin-cos table ``1 x P x F`` for a patch grid, built once per grid and device."""
+    from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding  # lazy: MONAI is slow
+
     with warnings.catch_warnings():  # MONAI calls torch.meshgrid without `indexing` (it means "ij")
         warnings.filterwarnings("ignore", message="torch.meshgrid")
         table = build_sincos_position_embedding(list(grid_dhw), width, spatial_dims=3)
@@ -90,6 +90,8 @@ class ViTBackbone(nn.Module):
 
     def __init__(self, config: ViTConfig, *, in_channels: int) -> None:
         super().__init__()
+        from monai.networks.blocks import TransformerBlock  # lazy: importing MONAI costs seconds
+
         self.patch_dhw = config.patch_dhw
         self.out_dim = config.hidden_size
         # Non-overlapping patches as one strided convolution (MONAI's proj_type="conv").
