@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from brainvlp.errors import MissingInputError
 from brainvlp.models import DualEncoder, ModelConfig
 from brainvlp.spec import parse, to_plain
 
@@ -37,7 +38,7 @@ def load_export(directory: str | Path) -> tuple[DualEncoder, dict[str, Any]]:
     """Rebuild the model an export describes and load its weights (strictly)."""
     directory = Path(directory)
     if not (directory / META).exists():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{directory} is not a brainvlp export (no {META}); expected a pretrain export/"
         )
     meta = json.loads((directory / META).read_text())

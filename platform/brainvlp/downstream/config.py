@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import torch
 
+from brainvlp.errors import UserError
 from brainvlp.models.base import VisionConfig
 from brainvlp.spec import SpecError, parse
 
@@ -122,7 +123,7 @@ def resolve_init(entry: ModelEntry, in_channels: int, volume_shape: tuple[int, .
     model, meta = load_export(entry.path)
     shape = (meta["in_channels"], *meta["volume_shape"])
     if shape != (in_channels, *volume_shape):
-        raise ValueError(
+        raise UserError(
             f"model {entry.name!r}: export {entry.path} takes C x D x H x W = {shape}, the shards hold "
             f"{(in_channels, *volume_shape)}; ingest with the export's sequences and volume shape"
         )
@@ -142,7 +143,7 @@ def _read_state_dict(entry: ModelEntry) -> dict[str, torch.Tensor]:
     else:
         picked = {k[len(entry.prefix) :]: v for k, v in state.items() if k.startswith(entry.prefix)}
     if not picked:
-        raise ValueError(
+        raise UserError(
             f"model {entry.name!r}: no backbone weights in {entry.path} (adapter {entry.adapter!r}, prefix "
             f"{entry.prefix!r}; the file's first names: {', '.join(list(state)[:3])})"
         )

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from brainvlp.downstream.config import FitConfig, ModelEntry
+from brainvlp.errors import UserError
 from brainvlp.evaluate.explain import attention_to_volume, explanation_dice
 from brainvlp.models.classifier import Classifier, freeze_stages, grad_cam
 
@@ -66,7 +67,7 @@ def build_classifier(entry: ModelEntry, init: dict[str, Any], data: TaskData) ->
         try:
             model.backbone.load_state_dict(init["state_dict"], strict=True)
         except RuntimeError as err:
-            raise ValueError(f"model {entry.name!r}: its weights do not fit its backbone: {err}") from err
+            raise UserError(f"model {entry.name!r}: its weights do not fit its backbone: {err}") from err
     return model
 
 

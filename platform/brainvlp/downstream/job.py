@@ -29,6 +29,7 @@ from brainvlp.data.shards import decode_volumes, read_index, split_files
 from brainvlp.downstream.config import FitConfig, ModelEntry, ProtocolConfig, ResourcesConfig, resolve_init
 from brainvlp.downstream.fit import RunResult, TaskData, build_classifier, embed_tokens, run_once
 from brainvlp.downstream.labels import TaskConfig, TaskLabels, task_labels
+from brainvlp.errors import UserError
 from brainvlp.evaluate.classification import label_fraction, patient_folds
 from brainvlp.spec import SpecError
 
@@ -154,7 +155,7 @@ def _with_external(
     """Append the external test studies in fold -1: no run trains on them, every run scores them."""
     external, external_labels, _ = load_task_data(spec, [spec.protocol.external_test])
     if external_labels.class_names != labels.class_names:
-        raise ValueError(
+        raise UserError(
             f"external split {spec.protocol.external_test!r} has classes {external_labels.class_names}, "
             f"the cross-validated data {labels.class_names}: list task.classes to fix them"
         )

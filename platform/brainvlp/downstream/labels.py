@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from brainvlp.errors import UserError
 from brainvlp.findings import LOCATIONS
 from brainvlp.spec import SpecError
 
@@ -75,7 +76,7 @@ def task_labels(config: TaskConfig, findings_json: Sequence[str | None]) -> Task
     reader = {"binary": _binary, "multiclass": _multiclass, "multilabel": _multilabel}[config.type]
     rows, y, names = reader(config, values, excluded)
     if len(rows) == 0:
-        raise ValueError(
+        raise UserError(
             f"task {config.name!r}: no study has a usable {config.finding!r} finding "
             f"(left out: {dict(excluded) or 'none'})"
         )
@@ -90,7 +91,7 @@ def _binary(config: TaskConfig, values: list[tuple[int, Any]], excluded: Counter
         elif isinstance(value, bool):
             labels.append(int(value))
         else:
-            raise ValueError(
+            raise UserError(
                 f"task {config.name!r}: finding {config.finding!r} has the non-boolean value {value!r}; "
                 "set task.positive to the value that counts as positive"
             )
@@ -102,10 +103,10 @@ def _binary(config: TaskConfig, values: list[tuple[int, Any]], excluded: Counter
 def _multiclass(config: TaskConfig, values: list[tuple[int, Any]], excluded: Counter) -> tuple:
     for row, value in values:
         if not isinstance(value, (str, bool, int)):
-            raise ValueError(f"task {config.name!r}: study row {row} has a {type(value).__name__} value")
+            raise UserError(f"task {config.name!r}: study row {row} has a {type(value).__name__} value")
     names = list(config.classes) or sorted({str(v) for _, v in values})
     if len(names) < 2:
-        raise ValueError(f"task {config.name!r}: only the class {names} occurs; a task needs at least two")
+        raise UserError(f"task {config.name!r}: only the class {names} occurs; a task needs at least two")
     index = {name: i for i, name in enumerate(names)}
     rows, labels = [], []
     for row, value in values:
@@ -123,7 +124,7 @@ def _multilabel(config: TaskConfig, values: list[tuple[int, Any]], excluded: Cou
     rows, labels = [], np.zeros((len(values), len(names)), np.int64)
     for row, value in values:
         if not isinstance(value, list):
-            raise ValueError(
+            raise UserError(
                 f"task {config.name!r}: study row {row} has {config.finding!r} = {type(value).__name__}, "
                 "expected a list (multilabel tasks read list findings such as locations)"
             )
@@ -131,7 +132,7 @@ def _multilabel(config: TaskConfig, values: list[tuple[int, Any]], excluded: Cou
         if unknown and config.classes:
             excluded[f"labels outside classes ({', '.join(unknown)}) ignored"] += 1
         elif unknown:
-            raise ValueError(f"task {config.name!r}: unknown labels {unknown}; list them in task.classes")
+            raise UserError(f"task {config.name!r}: unknown labels {unknown}; list them in task.classes")
         for label in value:
             if label in index:
                 labels[len(rows), index[label]] = 1

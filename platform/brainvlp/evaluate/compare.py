@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from brainvlp.errors import MissingInputError
 from brainvlp.evaluate import plots, plots_images
 from brainvlp.evaluate.classification import bootstrap_ci
 from brainvlp.evaluate.explain import attention_to_volume, explanation_dice
@@ -295,7 +296,7 @@ def downstream_section(downstream_dir: Path, run_dir: Path) -> str:
     report so that its HTML embeds them."""
     metrics_file = downstream_dir / "metrics.json"
     if not metrics_file.exists():
-        raise FileNotFoundError(f"{metrics_file} not found: is {downstream_dir} a downstream run directory?")
+        raise MissingInputError(f"{metrics_file} not found: is {downstream_dir} a downstream run directory?")
     summary = json.loads(metrics_file.read_text())
     fractions = sorted({f for model in summary["summary"].values() for f in model}, key=float)
     task = summary["task"]
