@@ -180,7 +180,8 @@ def _check_row(task: dict, columns: ManifestColumns, limits: IngestLimits, seen:
 def reject_record(task: dict[str, Any], err: RejectError) -> dict[str, Any]:
     """A rejects-table row: study id and manifest row, never the patient id or report text."""
     return {
-        "study_id": task["study_id"],
+        # An id that broke the id rules may be anything (a name typed into the wrong column): left out.
+        "study_id": "" if err.reason == "bad_id" else task["study_id"],
         "manifest_row": task["manifest_row"],
         "manifest_line": task.get("manifest_line"),
         "reason": err.reason,

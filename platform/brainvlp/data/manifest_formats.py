@@ -75,12 +75,14 @@ def strict_json(text: str) -> Any:
     return json.loads(text, object_pairs_hook=pairs_hook, parse_constant=no_constant)
 
 
-def json_object(text: str, where: str, reason: str) -> dict[str, Any]:
-    """One JSON object, or a RejectError with ``reason`` naming ``where`` and the rule, never the text."""
+def json_object(text: str, where: str, reason: str, duplicate_reason: str | None = None) -> dict[str, Any]:
+    """One JSON object, or a RejectError with ``reason`` (``duplicate_reason`` for a key given twice with
+    different values) naming ``where`` and the rule, never the text."""
     try:
         value = strict_json(text)
     except _DuplicateKey as dup:
-        raise RejectError(reason, f"{where}: key {dup.key!r} appears twice with different values") from None
+        detail = f"{where}: key {dup.key!r} appears twice with different values"
+        raise RejectError(duplicate_reason or reason, detail) from None
     except RecursionError:
         raise RejectError(reason, f"{where}: nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError's msg holds a position, not content
@@ -121,7 +123,7 @@ def read_jsonl(text: str) -> Records:
             continue
         records.count += 1
         try:
-            row = json_object(line, f"line {line_number}", "malformed_row")
+            row = json_object(line, f"line {line_number}", "malformed_row", "conflicting_columns")
         except RejectError as err:
             records.bad.append((line_number, err))
             continue
@@ -156,6 +158,8 @@ def _cell(value: Any) -> Any:
 
 def read_csv(text: str, delimiter: str, id_columns: Sequence[str]) -> Records:
     """Records of a CSV/TSV text (see the module docstring); empty cells read as missing (None)."""
+    # The csv module refuses cells over 128 KiB; the report budget (ingest limits) is the size rule here.
+    csv.field_size_limit(max(csv.field_size_limit(), _MAX_CELL))
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     start = next((i for i, line in enumerate(lines) if line.strip()), None)
     if start is None:
@@ -184,15 +188,28 @@ def read_csv(text: str, delimiter: str, id_columns: Sequence[str]) -> Records:
 
 
 def _row_test(header: list[str], delimiter: str, id_columns: Sequence[str]) -> Callable[[str], bool]:
-    """A predicate: does a line, on its own, read as a complete row (the header's field count, no open
-    quote, non-empty ids)?"""
+    """A predicate: does a line, on its own, read as the start of a row? Either a complete row (the
+    header's field count), or the cells before a quoted cell that stays open (a multi-line report), at
+    least up to the id columns. Either way its id cells must be non-empty and free of whitespace: ids have
+    none, while prose on a report's continuation line, split at its commas, has spaces in nearly every
+    piece. (Ids with spaces lose this protection, not their rows.)"""
     positions = [header.index(c) for c in id_columns if c in header]
+    needed = max(positions, default=0) + 1
 
     def looks_like_row(line: str) -> bool:
-        if not line.strip() or _open_after(line, delimiter, False):
+        if not line.strip():
             return False
-        cells = next(csv.reader([line], delimiter=delimiter), [])
-        return len(cells) == len(header) and all(cells[p].strip() for p in positions)
+        opened = _open_quote(line, delimiter, False)
+        try:
+            cells = next(csv.reader([line if opened is None else line[:opened]], delimiter=delimiter), [])
+        except csv.Error:
+            return False
+        if opened is None and len(cells) != len(header):
+            return False
+        # A prefix "a,b," reads as ["a", "b", ""]: the last, empty cell is the one the quote opens.
+        if opened is not None and not needed <= len(cells) - 1 < len(header):
+            return False
+        return all(cells[p] and not any(ch.isspace() for ch in cells[p]) for p in positions)
 
     return looks_like_row
 
@@ -207,9 +224,9 @@ def _csv_records(
             index += 1
             continue
         begin, end = index, index + 1
-        open_quote = _open_after(lines[index], delimiter, False)
+        open_quote = _open_quote(lines[index], delimiter, False) is not None
         while open_quote and end < len(lines) and not looks_like_row(lines[end]):
-            open_quote = _open_after(lines[end], delimiter, True)
+            open_quote = _open_quote(lines[end], delimiter, True) is not None
             end += 1
         index = end
         if open_quote:
@@ -223,21 +240,23 @@ def _csv_records(
         yield begin + 1, cells, None
 
 
+_MAX_CELL = 2**31 - 1
 _FIELD_QUOTE: dict[str, re.Pattern[str]] = {}
 
 
-def _open_after(line: str, delimiter: str, in_quotes: bool) -> bool:
-    """Whether a quoted cell is still open at the end of ``line`` (starting inside one if ``in_quotes``).
-    As in Python's csv module, a quote opens a cell only at the cell's start; ``""`` inside is a quote."""
+def _open_quote(line: str, delimiter: str, in_quotes: bool) -> int | None:
+    """Where the quoted cell still open at the end of ``line`` began (-1: on an earlier line, when starting
+    ``in_quotes``), or None when no cell is open. As in Python's csv module, a quote opens a cell only at
+    the cell's start, and ``""`` inside a quoted cell is a quote."""
     opener = _FIELD_QUOTE.get(delimiter)
     if opener is None:
         opener = _FIELD_QUOTE[delimiter] = re.compile(f'(?:^|{re.escape(delimiter)})"')
-    position = 0
+    position, began = 0, -1
     while True:
         if in_quotes:
             closing = line.find('"', position)
             if closing < 0:
-                return True
+                return began
             if line.startswith('"', closing + 1):
                 position = closing + 2
                 continue
@@ -245,5 +264,5 @@ def _open_after(line: str, delimiter: str, in_quotes: bool) -> bool:
         else:
             found = opener.search(line, position)
             if found is None:
-                return False
-            in_quotes, position = True, found.end()
+                return None
+            in_quotes, position, began = True, found.end(), found.end() - 1
