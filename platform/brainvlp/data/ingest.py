@@ -18,7 +18,7 @@ import resource
 import time
 import traceback
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from brainvlp.data import manifest as manifest_io
 from brainvlp.data.errors import RejectError
+from brainvlp.data.ingest_tasks import run_tasks
 from brainvlp.data.limits import IngestLimits, time_budget
 from brainvlp.data.nifti import VolumeConfig, load_study
 from brainvlp.data.plan import plan_digest, plan_shards, shard_capacity
@@ -122,21 +123,43 @@ def _study_row(task: Mapping[str, Any], spec: IngestSpec, tokenizer: Any) -> dic
     }
 
 
-def write_shard(plan: dict[str, Any], spec: IngestSpec, out_dir: str) -> dict[str, Any]:
-    """Ray task: preprocess one planned shard's studies, write the shard, then its record."""
+def _guarded_row(task: Mapping[str, Any], spec: IngestSpec, tokenizer: Any) -> dict[str, Any] | RejectError:
+    """One study's row, or the reject it earned, within its time budget; nothing it does escapes."""
+    try:
+        with time_budget(spec.limits.study_seconds):
+            return _study_row(task, spec, tokenizer)
+    except RejectError as err:
+        return err
+    except Exception as exc:  # one study's unforeseen failure must not end the job
+        return _internal_error(exc)
+
+
+def probe_study(task: dict[str, Any], spec: IngestSpec) -> str:
+    """Ray task: process one study and discard it. Run alone, study by study, after a shard's worker died
+    in every attempt, it finds the study that kills workers (``ingest_tasks``)."""
+    outcome = _guarded_row(task, spec, load_tokenizer(spec.tokenizer))
+    return outcome.reason if isinstance(outcome, RejectError) else "ok"
+
+
+def write_shard(
+    plan: dict[str, Any], spec: IngestSpec, out_dir: str, excluded: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Ray task: preprocess one planned shard's studies, write the shard, then its record. Studies in
+    ``excluded`` (study id -> detail) killed their worker when run alone and go straight to the rejects."""
     start = time.perf_counter()
     tokenizer = load_tokenizer(spec.tokenizer)
     rows, rejects, truncated, slowest = [], [], 0, 0.0
     for task in plan["studies"]:
         began = time.perf_counter()
-        try:
-            with time_budget(spec.limits.study_seconds):
-                rows.append(_study_row(task, spec, tokenizer))
-            truncated += rows[-1]["truncated"]
-        except RejectError as err:
-            rejects.append(manifest_io.reject_record(task, err))
-        except Exception as exc:
-            rejects.append(manifest_io.reject_record(task, _internal_error(exc)))
+        if excluded and task["study_id"] in excluded:
+            outcome = RejectError("worker_died", excluded[task["study_id"]])
+        else:
+            outcome = _guarded_row(task, spec, tokenizer)
+        if isinstance(outcome, RejectError):
+            rejects.append(manifest_io.reject_record(task, outcome))
+        else:
+            rows.append(outcome)
+            truncated += outcome["truncated"]
         slowest = max(slowest, time.perf_counter() - began)
     record = {"file": plan["file"], "split": plan["split"], "rows": len(rows), "sha256": "", "bytes": 0}
     if rows:
@@ -200,7 +223,7 @@ def run_ingest(spec: IngestSpec, run_dir: Path) -> dict[str, Any]:
     if done:
         print(f"ingest: resuming, {len(done)} of {len(plans)} shards already done")
     processed = sum(len(p["studies"]) for p in todo)
-    _run_tasks(todo, spec, run_dir, num_studies=processed)
+    run_tasks(todo, spec, run_dir, processed, shard_fn=write_shard, probe_fn=probe_study)
     records = [_read_record(run_dir, plan["file"]) for plan in plans]
     rejects = early_rejects + [r for record in records for r in record.pop("rejects")]
     write_table_atomic(
@@ -243,43 +266,6 @@ def _prepare_run_dir(run_dir: Path, digest: str, plans: list[dict[str, Any]]) ->
     return done
 
 
-def _run_tasks(todo: list[dict[str, Any]], spec: IngestSpec, run_dir: Path, num_studies: int) -> None:
-    """Process the shards still to do on the cluster, printing progress as they finish."""
-    if not todo:
-        return
-    import ray
-
-    log.info("ingest: %d studies in %d shards to write", num_studies, len(todo))
-    # Plain Ray tasks, one per shard: the work is an embarrassingly parallel map with no data flowing
-    # between tasks, where Ray Data's streaming executor only added a busy driver (2 workers ran 1.35x
-    # faster than 1 through Ray Data, 1.83x as tasks; benchmarks/ingest.py). Ray retries a task whose
-    # worker dies; ``workers`` caps how many run at once.
-    task = ray.remote(num_cpus=1, max_retries=3)(write_shard)
-    spec_ref, limit = ray.put(spec), spec.workers or len(todo)
-    queue, running = list(reversed(todo)), []
-
-    def results() -> Iterator[dict[str, Any]]:
-        nonlocal running
-        while queue or running:
-            while queue and len(running) < limit:
-                running.append(task.remote(queue.pop(), spec_ref, str(run_dir)))
-            ready, running = ray.wait(running, num_returns=1)
-            yield from ray.get(ready)
-
-    start = last = time.perf_counter()
-    shards = studies = rejected = 0
-    for result in results():
-        shards, studies, rejected = shards + 1, studies + result["studies"], rejected + result["rejects"]
-        now = time.perf_counter()
-        if now - last >= 10 or shards == len(todo):
-            last = now
-            print(
-                f"ingest: {shards}/{len(todo)} shards, {studies}/{num_studies} studies "
-                f"({studies / (now - start):.2f} studies/s), {rejected} rejected",
-                flush=True,
-            )
-
-
 def _read_record(run_dir: Path, file: str) -> dict[str, Any]:
     return json.loads((run_dir / PROGRESS_DIR / f"{file}.json").read_text())
 
@@ -317,6 +303,10 @@ def _print_summary(
         f"{sum(r['bytes'] for r in records) / 1e6:.1f} MB written; "
         f"{processed} studies processed in {seconds:.1f} s ({processed / max(seconds, 1e-9):.2f} studies/s)"
     )
+    # Records written before the budgets existed lack these figures.
+    slowest = max((r.get("slowest_study_seconds", 0.0) for r in records), default=0.0)
+    peak = max((r.get("peak_rss_mb", 0.0) for r in records), default=0.0)
+    print(f"ingest: slowest study {slowest:.1f} s; peak shard-worker memory {peak:.0f} MB")
 
 
 def _index(
