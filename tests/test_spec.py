@@ -86,7 +86,7 @@ def test_quickstart_validates_and_links_steps() -> None:
         ("ingest.volume.shape=[32, 64]", "ingest.volume.shape", "expected a list of 3 items"),
         ("pretrain.loss.temperature=0", "pretrain.loss.temperature", "must be in (0, 10)"),
         ("pretrain.train.num_workers=5", "pretrain.train.batch_size", "does not split evenly over 5"),
-        ("pretrain.data.shuffle_buffer=-1", "pretrain.data.shuffle_buffer", "must be >= 0 rows"),
+        ("pretrain.data.shuffle_buffer=-1", "pretrain.data.shuffle_buffer", "must be >= 0, found -1"),
         ("kind=pretrian", "kind", "'pretrian' is not one of: phantom, ingest, pretrain"),
         ("pretrain.loss.name=convirt_sections", "pretrain.model.text.sections", "contrasts two report"),
         ("pretrain.loss.name=brat", "pretrain.model.qformer", "needs a Q-Former"),
