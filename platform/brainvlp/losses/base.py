@@ -15,15 +15,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from brainvlp.registry import Registry
+from brainvlp.spec import Range
 
 Gather = Callable[[torch.Tensor], torch.Tensor]
+# A softmax temperature: 0 divides by zero, and at 10 and above the logits are flat enough to learn nothing.
+Temperature = Annotated[float, Range(gt=0, lt=10)]
 
 LOSSES: Registry = Registry("loss")
 

@@ -24,10 +24,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from brainvlp.losses.base import LOSSES, Gather, LogitScale, LossConfig, no_gather, symmetric_infonce
+from brainvlp.losses.base import (
+    LOSSES,
+    Gather,
+    LogitScale,
+    LossConfig,
+    Temperature,
+    no_gather,
+    symmetric_infonce,
+)
 from brainvlp.losses.matching import dpp_loss, repulsion_loss
 from brainvlp.losses.scoring import pad_sentences, pair_scores
-from brainvlp.spec import SpecError
+from brainvlp.spec import NonNegativeFloat, PositiveInt
 
 Diversity = Literal["dpp", "repulsion", "none"]
 
@@ -35,23 +43,15 @@ Diversity = Literal["dpp", "repulsion", "none"]
 @dataclass
 class BratLossConfig(LossConfig):
     name: str = "brat"
-    temperature: float = 0.1  # brat's reference initialises the learnable temperature at 0.1
+    temperature: Temperature = 0.1  # brat's reference initialises the learnable temperature at 0.1
     learnable_temperature: bool = True
     matching: Literal["pva", "colbert"] = "pva"
     diversity: Diversity = "dpp"
-    diversity_weight: float = 1.0
-    dpp_eps: float = 1e-6
-    itg_weight: float = 1.0  # 0 turns image-grounded text generation off
-    max_sentences: int = 20  # the ingest's report.max_sentences: sentences are padded to it for gathering
-
-    def validate(self, path: str) -> None:
-        if not 0 < self.temperature < 10:
-            raise SpecError(f"{path}.temperature", f"must be in (0, 10), found {self.temperature}")
-        for name in ("diversity_weight", "itg_weight", "dpp_eps"):
-            if getattr(self, name) < 0:
-                raise SpecError(f"{path}.{name}", f"must be >= 0, found {getattr(self, name)}")
-        if self.max_sentences < 1:
-            raise SpecError(f"{path}.max_sentences", f"must be >= 1, found {self.max_sentences}")
+    diversity_weight: NonNegativeFloat = 1.0
+    dpp_eps: NonNegativeFloat = 1e-6
+    itg_weight: NonNegativeFloat = 1.0  # 0 turns image-grounded text generation off
+    # The ingest's report.max_sentences: sentences are padded to it for gathering.
+    max_sentences: PositiveInt = 20
 
 
 def diversity_terms(

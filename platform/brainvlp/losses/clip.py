@@ -19,24 +19,20 @@ from brainvlp.losses.base import (
     Gather,
     LogitScale,
     LossConfig,
+    Temperature,
     cross_modal_similarities,
     no_gather,
     symmetric_infonce,
 )
+from brainvlp.spec import PositiveFloat
 
 
 @dataclass
 class ClipLossConfig(LossConfig):
     name: str = "clip"
-    temperature: float = 0.07  # initial; CLIP 0.07, brat reference and ConVIRT 0.1
+    temperature: Temperature = 0.07  # initial; CLIP 0.07, brat reference and ConVIRT 0.1
     learnable_temperature: bool = True
-    max_logit_scale: float = 100.0  # CLIP clamps exp(t) at 100 for stability
-
-    def validate(self, path: str) -> None:
-        from brainvlp.spec import SpecError
-
-        if not 0 < self.temperature < 10:
-            raise SpecError(f"{path}.temperature", f"must be in (0, 10), found {self.temperature}")
+    max_logit_scale: PositiveFloat = 100.0  # CLIP clamps exp(t) at 100 for stability (its log is taken)
 
 
 @LOSSES.register("clip", config=ClipLossConfig)

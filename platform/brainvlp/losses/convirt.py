@@ -14,23 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from brainvlp.losses.base import LOSSES, Gather, LossConfig, cross_modal_similarities, no_gather
-from brainvlp.spec import SpecError
+from brainvlp.losses.base import LOSSES, Gather, LossConfig, Temperature, cross_modal_similarities, no_gather
+from brainvlp.spec import FractionFloat
 
 
 @dataclass
 class ConvirtLossConfig(LossConfig):
     name: str = "convirt"
-    temperature: float = 0.1
-    image_to_text_weight: float = 0.75  # ConVIRT's lambda; the text -> image term gets 1 - lambda
-
-    def validate(self, path: str) -> None:
-        if not 0 < self.temperature < 10:
-            raise SpecError(f"{path}.temperature", f"must be in (0, 10), found {self.temperature}")
-        if not 0 <= self.image_to_text_weight <= 1:
-            raise SpecError(
-                f"{path}.image_to_text_weight", f"must be in [0, 1], found {self.image_to_text_weight}"
-            )
+    temperature: Temperature = 0.1
+    image_to_text_weight: FractionFloat = 0.75  # ConVIRT's lambda; the text -> image term gets 1 - lambda
 
 
 def convirt_terms(

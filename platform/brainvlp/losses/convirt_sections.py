@@ -25,20 +25,14 @@ from torch import nn
 
 from brainvlp.losses.base import LOSSES, Gather, no_gather
 from brainvlp.losses.convirt import ConvirtLossConfig, convirt_terms
-from brainvlp.spec import SpecError
+from brainvlp.spec import FractionFloat
 
 
 @dataclass
 class ConvirtSectionsLossConfig(ConvirtLossConfig):
     name: str = "convirt_sections"
-    findings_to_impression_weight: float = 0.75  # alpha; impression -> findings gets 1 - alpha
-    local_weight: float = 0.75  # lambda of the total; the global term gets 1 - lambda
-
-    def validate(self, path: str) -> None:
-        super().validate(path)
-        for field in ("findings_to_impression_weight", "local_weight"):
-            if not 0 <= getattr(self, field) <= 1:
-                raise SpecError(f"{path}.{field}", f"must be in [0, 1], found {getattr(self, field)}")
+    findings_to_impression_weight: FractionFloat = 0.75  # alpha; impression -> findings gets 1 - alpha
+    local_weight: FractionFloat = 0.75  # lambda of the total; the global term gets 1 - lambda
 
 
 def masked_infonce(

@@ -15,26 +15,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from brainvlp.losses.base import LOSSES, Gather, LogitScale, LossConfig, no_gather, symmetric_infonce
+from brainvlp.losses.base import (
+    LOSSES,
+    Gather,
+    LogitScale,
+    LossConfig,
+    Temperature,
+    no_gather,
+    symmetric_infonce,
+)
 from brainvlp.losses.brat import Diversity, diversity_terms
 from brainvlp.losses.scoring import pair_scores
-from brainvlp.spec import SpecError
+from brainvlp.spec import NonNegativeFloat
 
 
 @dataclass
 class QFormerItcLossConfig(LossConfig):
     name: str = "qformer_itc"
-    temperature: float = 0.1
+    temperature: Temperature = 0.1
     learnable_temperature: bool = True
     diversity: Diversity = "none"
-    diversity_weight: float = 1.0
-    dpp_eps: float = 1e-6
-
-    def validate(self, path: str) -> None:
-        if not 0 < self.temperature < 10:
-            raise SpecError(f"{path}.temperature", f"must be in (0, 10), found {self.temperature}")
-        if self.diversity_weight < 0:
-            raise SpecError(f"{path}.diversity_weight", f"must be >= 0, found {self.diversity_weight}")
+    diversity_weight: NonNegativeFloat = 1.0
+    dpp_eps: NonNegativeFloat = 1e-6
 
 
 @LOSSES.register("qformer_itc", config=QFormerItcLossConfig)

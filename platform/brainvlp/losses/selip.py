@@ -30,11 +30,12 @@ from brainvlp.losses.base import (
     Gather,
     LogitScale,
     LossConfig,
+    Temperature,
     cross_modal_similarities,
     no_gather,
     symmetric_infonce,
 )
-from brainvlp.spec import SpecError
+from brainvlp.spec import NonNegativeFloat, PositiveInt
 
 CLAUSE_KEYS = ("clause_words", "clause_site", "clause_appearance", "clause_mask")
 
@@ -42,21 +43,11 @@ CLAUSE_KEYS = ("clause_words", "clause_site", "clause_appearance", "clause_mask"
 @dataclass
 class SelipLossConfig(LossConfig):
     name: str = "selip"
-    temperature: float = 0.07  # initial; learnable as in CLIP
-    clip_weight: float = 1.0  # alpha
-    similarity_weight: float = 1.0  # beta
-    max_clauses: int = 16  # padding for the cross-worker gather; more is an error, not a truncation
-    max_words: int = 32
-
-    def validate(self, path: str) -> None:
-        if not 0 < self.temperature < 10:
-            raise SpecError(f"{path}.temperature", f"must be in (0, 10), found {self.temperature}")
-        for field in ("clip_weight", "similarity_weight"):
-            if getattr(self, field) < 0:
-                raise SpecError(f"{path}.{field}", f"must be >= 0, found {getattr(self, field)}")
-        for field in ("max_clauses", "max_words"):
-            if getattr(self, field) < 1:
-                raise SpecError(f"{path}.{field}", f"must be >= 1, found {getattr(self, field)}")
+    temperature: Temperature = 0.07  # initial; learnable as in CLIP
+    clip_weight: NonNegativeFloat = 1.0  # alpha
+    similarity_weight: NonNegativeFloat = 1.0  # beta
+    max_clauses: PositiveInt = 16  # padding for the cross-worker gather; more is an error, not a truncation
+    max_words: PositiveInt = 32
 
 
 def clause_similarity(

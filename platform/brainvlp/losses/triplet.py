@@ -26,38 +26,27 @@ saying what keeps them from collapsing to 0, so here they are fixed weights (sea
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from brainvlp.losses.base import LOSSES, Gather, LossConfig, no_gather
-from brainvlp.spec import SpecError
+from brainvlp.spec import NonNegativeFloat, PositiveInt, Range
 
 
 @dataclass
 class TripletLossConfig(LossConfig):
     name: str = "triplet"
-    margin: float = 0.25
-    candidates: int = 2  # random negatives per anchor, the nearest kept; >= G - 1: hard negatives
+    margin: NonNegativeFloat = 0.25
+    candidates: PositiveInt = 2  # random negatives per anchor, the nearest kept; >= G - 1: hard negatives
     location_weight: bool = True  # Eq. 1; false reproduces the reference code (w = 1)
-    same_location_coefficient: float = 0.5  # the paper's c
-    global_weight: float = 1.0  # alpha of Eq. 3
-    local_weight: float = 0.0  # beta of Eq. 3; > 0 needs model.local
-    local_margin: float = 0.4  # the reference code's margin for the local term
-    max_tokens: int = 256  # report tokens the local term pads to (ingest's report.max_tokens)
-
-    def validate(self, path: str) -> None:
-        if self.candidates < 1:
-            raise SpecError(f"{path}.candidates", f"must be >= 1, found {self.candidates}")
-        if not 0 < self.same_location_coefficient <= 1:
-            raise SpecError(
-                f"{path}.same_location_coefficient",
-                f"must be in (0, 1], found {self.same_location_coefficient}",
-            )
-        for field in ("margin", "local_margin", "global_weight", "local_weight"):
-            if getattr(self, field) < 0:
-                raise SpecError(f"{path}.{field}", f"must be >= 0, found {getattr(self, field)}")
+    same_location_coefficient: Annotated[float, Range(gt=0, le=1)] = 0.5  # the paper's c
+    global_weight: NonNegativeFloat = 1.0  # alpha of Eq. 3
+    local_weight: NonNegativeFloat = 0.0  # beta of Eq. 3; > 0 needs model.local
+    local_margin: NonNegativeFloat = 0.4  # the reference code's margin for the local term
+    max_tokens: PositiveInt = 256  # report tokens the local term pads to (ingest's report.max_tokens)
 
 
 def candidate_mask(

@@ -14,14 +14,15 @@ from torch import nn
 
 from brainvlp.models.base import VISION, VisionConfig
 from brainvlp.models.resnet import checkpointed
+from brainvlp.spec import PositiveInt
 
 
 @dataclass
 class DenseNetConfig(VisionConfig):
     name: str = "densenet121"
-    init_features: int = 64
-    growth_rate: int = 32
-    block_config: tuple[int, int, int, int] = (6, 12, 24, 16)
+    init_features: PositiveInt = 64
+    growth_rate: PositiveInt = 32
+    block_config: tuple[PositiveInt, PositiveInt, PositiveInt, PositiveInt] = (6, 12, 24, 16)
     # brat's reference averages the last feature map over depth before flattening it into tokens.
     average_depth: bool = False
 

@@ -26,17 +26,19 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from brainvlp.spec import DropoutFloat, PositiveInt
+
 if TYPE_CHECKING:  # imported where used: transformers costs most of a second to import
     from transformers import PreTrainedModel
 
 
 @dataclass
 class QFormerConfig:
-    num_queries: int = 32
-    cross_attention_every: int = 2
-    num_layers: int | None = None  # None: as many as the text encoder has
+    num_queries: PositiveInt = 32
+    cross_attention_every: PositiveInt = 2  # layers between cross-attentions to the image (a modulo)
+    num_layers: PositiveInt | None = None  # None: as many as the text encoder has
     init_from_text: bool = True
-    attention_dropout: float = 0.0
+    attention_dropout: DropoutFloat = 0.0
 
 
 # BERT key -> Q-Former keys. The feed-forward block is copied twice: queries and text have their own.

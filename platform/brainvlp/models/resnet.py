@@ -19,15 +19,17 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from brainvlp.models.base import VISION, VisionConfig
+from brainvlp.spec import PositiveInt
 
 
 @dataclass
 class ResNetConfig(VisionConfig):
     name: str = "resnet"
     block: Literal["basic", "bottleneck"] = "basic"
-    layers: tuple[int, int, int, int] = (2, 2, 2, 2)  # ResNet-18; ResNet-50 is bottleneck (3, 4, 6, 3)
-    widths: tuple[int, int, int, int] = (64, 128, 256, 512)
-    stem_stride: int = 2
+    # ResNet-18; ResNet-50 is bottleneck (3, 4, 6, 3). MONAI builds one block for a 0, so 0 is refused.
+    layers: tuple[PositiveInt, PositiveInt, PositiveInt, PositiveInt] = (2, 2, 2, 2)
+    widths: tuple[PositiveInt, PositiveInt, PositiveInt, PositiveInt] = (64, 128, 256, 512)
+    stem_stride: PositiveInt = 2
     max_pool: bool = True
 
 

@@ -18,17 +18,17 @@ from torch import nn
 
 from brainvlp.models.base import VISION
 from brainvlp.models.resnet import ResNetBackbone, ResNetConfig
-from brainvlp.spec import SpecError
+from brainvlp.spec import PositiveInt, SpecError
 
 
 @dataclass
 class ResNetAttentionConfig(ResNetConfig):
     name: str = "resnet_attention"
-    num_heads: int = 8  # 64 channels per head on ResNet-18's 512-wide last stage
+    num_heads: PositiveInt = 8  # 64 channels per head on ResNet-18's 512-wide last stage
 
     def validate(self, path: str) -> None:
         width = self.widths[-1] * (4 if self.block == "bottleneck" else 1)
-        if self.num_heads < 1 or width % self.num_heads:
+        if width % self.num_heads:
             raise SpecError(
                 f"{path}.num_heads", f"must divide the last stage's width {width}, found {self.num_heads}"
             )

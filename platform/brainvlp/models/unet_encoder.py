@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from brainvlp.models.base import VISION, VisionConfig
-from brainvlp.spec import SpecError
+from brainvlp.spec import DropoutFloat, PositiveInt, SpecError
 
 # BasicUNet's defaults.
 ACT = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True})
@@ -30,14 +30,12 @@ NORM = ("instance", {"affine": True})
 class UNetEncoderConfig(VisionConfig):
     name: str = "unet_encoder"
     # Channels per level; every level after the first halves each axis (5 levels: 16x downsampling).
-    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
-    dropout: float = 0.0
+    channels: tuple[PositiveInt, ...] = (16, 32, 64, 128, 256)
+    dropout: DropoutFloat = 0.0
 
     def validate(self, path: str) -> None:
-        if not self.channels or min(self.channels) < 1:
-            raise SpecError(f"{path}.channels", f"needs one or more widths >= 1, found {list(self.channels)}")
-        if not 0 <= self.dropout < 1:
-            raise SpecError(f"{path}.dropout", f"must be in [0, 1), found {self.dropout}")
+        if not self.channels:
+            raise SpecError(f"{path}.channels", "needs one or more widths")
 
 
 @VISION.register("unet_encoder", config=UNetEncoderConfig)

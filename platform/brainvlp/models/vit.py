@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from brainvlp.models.base import VISION, VisionConfig
-from brainvlp.spec import SpecError
+from brainvlp.spec import DropoutFloat, PositiveInt, SpecError
 
 
 @dataclass
@@ -28,13 +28,14 @@ class ViTConfig(VisionConfig):
     """ViT-B defaults (Dosovitskiy et al.); tests and CPU runs shrink every width."""
 
     name: str = "vit"
-    patch_size: int | tuple[int, int, int] = 16  # one size for all axes, or (D, H, W)
-    hidden_size: int = 768
-    num_layers: int = 12
-    num_heads: int = 12
-    mlp_dim: int = 3072
+    # One size for all axes, or (D, H, W).
+    patch_size: PositiveInt | tuple[PositiveInt, PositiveInt, PositiveInt] = 16
+    hidden_size: PositiveInt = 768
+    num_layers: PositiveInt = 12
+    num_heads: PositiveInt = 12
+    mlp_dim: PositiveInt = 3072
     qkv_bias: bool = False  # MONAI ViT's default
-    dropout: float = 0.0
+    dropout: DropoutFloat = 0.0
 
     @property
     def patch_dhw(self) -> tuple[int, int, int]:
@@ -42,12 +43,7 @@ class ViTConfig(VisionConfig):
         return (size, size, size) if isinstance(size, int) else tuple(size)
 
     def validate(self, path: str) -> None:
-        if min(self.patch_dhw) < 1:
-            raise SpecError(f"{path}.patch_size", f"must be >= 1 on every axis, found {self.patch_size}")
-        for name in ("num_layers", "num_heads", "mlp_dim"):
-            if getattr(self, name) < 1:
-                raise SpecError(f"{path}.{name}", f"must be >= 1, found {getattr(self, name)}")
-        if self.hidden_size < 1 or self.hidden_size % self.num_heads:
+        if self.hidden_size % self.num_heads:
             raise SpecError(
                 f"{path}.hidden_size",
                 f"must be divisible by num_heads ({self.num_heads}), found {self.hidden_size}",
@@ -57,8 +53,6 @@ class ViTConfig(VisionConfig):
                 f"{path}.hidden_size",
                 f"3D sin-cos positions need a multiple of 6, found {self.hidden_size}",
             )
-        if not 0 <= self.dropout < 1:
-            raise SpecError(f"{path}.dropout", f"must be in [0, 1), found {self.dropout}")
 
 
 @functools.lru_cache(maxsize=8)
