@@ -210,12 +210,12 @@ def test_model_entry_parses_its_backbone_from_the_registry():
 @pytest.mark.parametrize(
     ("data", "field", "fragment"),
     [
-        ({"folds": 1}, "folds", "at least 2 folds"),
-        ({"seeds": 0}, "seeds", "at least 1 seed"),
-        ({"fractions": [0.0, 1.0]}, "fractions", "each must lie in (0, 1]"),
-        ({"fractions": [0.5, 1.5]}, "fractions", "each must lie in (0, 1]"),
-        ({"fractions": [-0.1]}, "fractions", "each must lie in (0, 1]"),
-        ({"fractions": []}, "fractions", "each must lie in (0, 1]"),
+        ({"folds": 1}, "folds", "must be >= 2, found 1"),
+        ({"seeds": 0}, "seeds", "must be >= 1, found 0"),
+        ({"fractions": [0.0, 1.0]}, "fractions.0", "must be in (0, 1], found 0.0"),
+        ({"fractions": [0.5, 1.5]}, "fractions.1", "must be in (0, 1], found 1.5"),
+        ({"fractions": [-0.1]}, "fractions.0", "must be in (0, 1]"),
+        ({"fractions": []}, "fractions", "list at least one fraction in (0, 1]"),
         ({"external_test": "dev"}, "external_test", "must not be one of the cross-validated splits"),
     ],
 )

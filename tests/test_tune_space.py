@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import optuna
@@ -28,7 +29,12 @@ def tune_spec(tmp_path: Path, space: dict, **base) -> Path:
     spec = {
         "kind": "tune",
         "output_root": str(tmp_path / "runs"),
-        "base": {"loss": {"name": "clip", "temperature": 0.07}, "train": {"eval_every": 4}, **base},
+        "base": {
+            "data": {"shards": "shards"},
+            "loss": {"name": "clip", "temperature": 0.07},
+            "train": {"eval_every": 4},
+            **base,
+        },
         "space": space,
     }
     path = tmp_path / "search.yaml"
@@ -97,17 +103,23 @@ def test_an_invalid_combination_is_an_error_at_submit_time(tmp_path: Path) -> No
         load_spec(tune_spec(tmp_path, space))
     space["model.qformer"] = {"value": {"num_queries": 4}, "when": {"loss.name": "brat"}}
     assert load_spec(tune_spec(tmp_path, space)).dims["model.qformer"].kind == "value"
-    # A range end outside what the spec accepts fails too, before any trial.
+    # A range end outside the field's domain fails too, before any trial, naming the dimension.
     bad_range = {"loss.name": {"choice": ["triplet"]}, "train.num_workers": {"int": [0, 2]}}
-    with pytest.raises(SpecError, match=r"train\.num_workers=0.*must be >= 1"):
+    message = "space.train.num_workers: int range [0, 2] leaves the domain of pretrain train.num_workers (>= 1)"
+    with pytest.raises(SpecError, match=re.escape(message)):
         load_spec(tune_spec(tmp_path, bad_range))
+    # Values the domains allow but the spec's own rules refuse fail with the trial values.
+    bad_split = {"loss.name": {"choice": ["clip"]}, "train.num_workers": {"int": [1, 3]}}
+    with pytest.raises(SpecError, match=r"train\.num_workers=3.*does not split evenly"):
+        load_spec(tune_spec(tmp_path, bad_split))
 
 
 def test_the_spec_needs_a_dev_metric_and_resolves_its_base(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=r"base.train.eval_every: .*dev-set metric"):
         load_spec(tune_spec(tmp_path, SPACE, train={"eval_every": None}))
     base_file = tmp_path / "base.yaml"
-    base_file.write_text(yaml.safe_dump({"kind": "pretrain", "train": {"eval_every": 5}}))
+    base = {"kind": "pretrain", "data": {"shards": "shards"}, "train": {"eval_every": 5}}
+    base_file.write_text(yaml.safe_dump(base))
     spec = load_spec(_with_base_file(tmp_path, base_file))
     assert spec.base["train"]["eval_every"] == 5 and spec.base["kind"] == "pretrain"
     assert check_space(PretrainSpec, spec.base, spec.dims) == 4  # 2 loss families x 2 range ends

@@ -4,13 +4,23 @@ initial backbone weights are found (a pretrain export, an arbitrary state dict, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 
 from brainvlp.errors import UserError
 from brainvlp.models.base import VisionConfig
-from brainvlp.spec import SpecError, parse
+from brainvlp.spec import (
+    DropoutFloat,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Range,
+    Seed,
+    SpecError,
+    parse,
+)
 
 
 @dataclass
@@ -35,8 +45,8 @@ class ModelEntry:
     prefix: str = ""  # state_dict: keep the tensors whose names start with it, without it
     adapter: Literal["none", "lavis"] = "none"  # lavis: a published brat (LAVIS / BLIP-2) checkpoint
     mode: Literal["linear_probe", "finetune"] = "finetune"
-    freeze_stages: int = 0  # finetune: freeze the first k backbone stages (pLGG)
-    dropout: float = 0.0
+    freeze_stages: NonNegativeInt = 0  # finetune: freeze the first k backbone stages (pLGG)
+    dropout: DropoutFloat = 0.0
 
     def validate(self, path: str) -> None:
         if self.init != "export" and self.vision is None:
@@ -53,59 +63,48 @@ class ModelEntry:
             raise SpecError(f"{path}.path", "a scratch model loads no weights")
         if self.mode == "linear_probe" and self.freeze_stages:
             raise SpecError(f"{path}.freeze_stages", "a linear probe freezes the whole backbone already")
-        if self.freeze_stages < 0:
-            raise SpecError(f"{path}.freeze_stages", f"must be >= 0, found {self.freeze_stages}")
 
 
 @dataclass
 class FitConfig:
-    epochs: int = 20  # finetune epochs over the run's training rows
-    probe_epochs: int = 100  # linear probes train only a head on cached features: cheap
-    batch_size: int = 16
+    epochs: PositiveInt = 20  # finetune epochs over the run's training rows
+    probe_epochs: PositiveInt = 100  # linear probes train only a head on cached features: cheap
+    batch_size: PositiveInt = 16
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr: float = 1e-3
-    probe_lr: float = 1e-2
-    weight_decay: float = 1e-4
+    lr: PositiveFloat = 1e-3
+    probe_lr: PositiveFloat = 1e-2
+    weight_decay: NonNegativeFloat = 1e-4
     schedule: Literal["constant", "cosine", "step"] = "cosine"
-    step_epochs: int = 10  # schedule "step": StepLR every this many epochs (pLGG)
-    gamma: float = 0.1
-    explain_threshold: float = 0.01  # pLGG's attention threshold for the Dice against lesion masks
-    explain_studies: int = 16  # explained test studies per run (with a lesion), to bound Grad-CAM's cost
-    keep_heat_maps: int = 2  # explanation maps a run returns for the report's overlays
-
-    def validate(self, path: str) -> None:
-        for name in ("epochs", "probe_epochs", "batch_size", "step_epochs"):
-            if getattr(self, name) < 1:
-                raise SpecError(f"{path}.{name}", f"must be >= 1, found {getattr(self, name)}")
-        if not 0 <= self.explain_threshold < 1:
-            raise SpecError(f"{path}.explain_threshold", "must lie in [0, 1)")
+    step_epochs: PositiveInt = 10  # schedule "step": StepLR every this many epochs (pLGG)
+    gamma: PositiveFloat = 0.1  # schedule "step": the rate's factor at each step (0 would stop learning)
+    # pLGG's attention threshold for the Dice against lesion masks.
+    explain_threshold: Annotated[float, Range(ge=0, lt=1)] = 0.01
+    explain_studies: NonNegativeInt = 16  # explained test studies per run (with a lesion): Grad-CAM's cost
+    keep_heat_maps: NonNegativeInt = 2  # explanation maps a run returns for the report's overlays
 
 
 @dataclass
 class ProtocolConfig:
-    folds: int = 5  # k-fold cross-validation by patient, stratified by label (pLGG: 5)
-    fractions: tuple[float, ...] = (0.01, 0.1, 1.0)  # of each training fold, drawn per seed
-    seeds: int = 10  # brat Table 7
-    fold_seed: int = 0  # the fold assignment is fixed across seeds and models: runs differ in seed only
+    folds: Annotated[int, Range(ge=2)] = 5  # k-fold cross-validation by patient, stratified (pLGG: 5)
+    # Of each training fold, drawn per seed.
+    fractions: tuple[Annotated[float, Range(gt=0, le=1)], ...] = (0.01, 0.1, 1.0)
+    seeds: PositiveInt = 10  # brat Table 7
+    fold_seed: Seed = 0  # the fold assignment is fixed across seeds and models: runs differ in seed only
     splits: tuple[str, ...] = ("train", "dev", "test")  # shard splits that make the cross-validated data set
     external_test: str | None = None  # a shard split scored by every run in addition to its test fold
 
     def validate(self, path: str) -> None:
-        if self.folds < 2:
-            raise SpecError(f"{path}.folds", f"need at least 2 folds, found {self.folds}")
-        if self.seeds < 1:
-            raise SpecError(f"{path}.seeds", f"need at least 1 seed, found {self.seeds}")
-        if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
-            raise SpecError(f"{path}.fractions", f"each must lie in (0, 1], found {list(self.fractions)}")
+        if not self.fractions:
+            raise SpecError(f"{path}.fractions", "list at least one fraction in (0, 1]")
         if self.external_test in self.splits:
             raise SpecError(f"{path}.external_test", "must not be one of the cross-validated splits")
 
 
 @dataclass
 class ResourcesConfig:
-    cpus_per_run: float = 1.0
-    gpus_per_run: float = 0.0
-    threads_per_run: int = 1  # torch intra-op threads in each run
+    cpus_per_run: PositiveFloat = 1.0
+    gpus_per_run: NonNegativeFloat = 0.0
+    threads_per_run: PositiveInt = 1  # torch intra-op threads in each run
 
 
 def resolve_init(entry: ModelEntry, in_channels: int, volume_shape: tuple[int, ...]) -> dict[str, Any]:

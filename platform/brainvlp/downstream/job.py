@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -31,7 +31,7 @@ from brainvlp.downstream.fit import RunResult, TaskData, build_classifier, embed
 from brainvlp.downstream.labels import TaskConfig, TaskLabels, task_labels
 from brainvlp.errors import UserError
 from brainvlp.evaluate.classification import label_fraction, patient_folds
-from brainvlp.spec import SpecError
+from brainvlp.spec import PositiveInt, Range, SpecError
 
 log = logging.getLogger(__name__)
 _COLUMNS = ["patient_pid", "volume", "volume_shape", "mask", "findings"]
@@ -39,8 +39,8 @@ _COLUMNS = ["patient_pid", "volume", "volume_shape", "mask", "findings"]
 
 @dataclass
 class BootstrapConfig:
-    resamples: int = 1000
-    level: float = 0.95
+    resamples: PositiveInt = 1000
+    level: Annotated[float, Range(gt=0, lt=1)] = 0.95  # of the confidence intervals
 
 
 @dataclass
@@ -63,6 +63,13 @@ class DownstreamSpec:
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise SpecError(where, f"model names must be unique, found {names}")
+        if path:  # a pipeline step: the runner links and checks the inputs
+            return
+        if self.shards is None:  # run on its own: no pipeline step will provide them
+            raise SpecError("shards", "required: the output directory of an ingest job")
+        for index, entry in enumerate(self.models):
+            if entry.init == "export" and entry.path is None:
+                raise SpecError(f"models.{index}.path", "required for init 'export': a pretrain export")
 
 
 @dataclass

@@ -30,7 +30,7 @@ from brainvlp.evaluate.retrieval import (
 from brainvlp.export import load_export
 from brainvlp.findings import positive_findings
 from brainvlp.losses.scoring import NEEDS, concat, score_matrix
-from brainvlp.spec import SpecError
+from brainvlp.spec import NonNegativeFloat, PositiveInt, SpecError
 from brainvlp.train.batches import BATCH_COLUMNS, collate
 from brainvlp.train.task import IMAGE_KEYS, TEXT_KEYS, PretrainTask, to_device
 
@@ -45,8 +45,18 @@ class EvaluateSpec:
     downstream: str | None = None  # a downstream run directory whose tables join the report
     shards: str | None = None  # an ingest output directory; in a pipeline, the ingest step's
     split: str = "test"
-    batch_size: int = 16
-    gpus_per_model: float = 0.0  # each model scores the split in one Ray task; > 0 runs it on a GPU
+    batch_size: PositiveInt = 16
+    gpus_per_model: NonNegativeFloat = 0.0  # each model scores the split in one Ray task; > 0: on a GPU
+
+    def validate(self, path: str) -> None:
+        if self.model is not None and self.models:
+            raise SpecError(f"{path}.models".lstrip("."), "set model (one export) or models, not both")
+        if path:  # a pipeline step: the runner links and checks the inputs
+            return
+        if self.model is None and not self.models:  # run on its own: no pipeline step will provide it
+            raise SpecError("model", "required: a pretrain export directory (or models: {name: export})")
+        if self.shards is None:
+            raise SpecError("shards", "required: the output directory of an ingest job")
 
 
 @ray.remote(num_cpus=1)

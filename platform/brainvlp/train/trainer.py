@@ -43,6 +43,8 @@ class PretrainSpec:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def validate(self, path: str) -> None:
+        if not path and self.data.shards is None:  # run on its own: no pipeline step will provide them
+            raise SpecError("data.shards", "required: the output directory of an ingest job")
         inputs = LOSSES.build(self.loss).inputs
         if "sections" in inputs and len(self.model.text.sections) != 2:
             raise SpecError(

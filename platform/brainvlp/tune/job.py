@@ -18,12 +18,23 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from brainvlp.spec import SpecError, parse, read_yaml, to_plain
+from brainvlp.spec import (
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Range,
+    Seed,
+    SpecError,
+    parse,
+    read_yaml,
+    to_plain,
+)
 from brainvlp.train.config import TrainConfig
 from brainvlp.train.trainer import PretrainSpec
-from brainvlp.tune.space import Dimension, check_space, parse_space
+from brainvlp.tune.space import Dimension, check_domains, check_space, parse_space
 
 log = logging.getLogger(__name__)
 
@@ -32,22 +43,16 @@ Metric = Literal["dev_R@5", "dev_t2i_R@5", "dev_i2t_R@5", "dev_loss"]
 
 @dataclass
 class SearchConfig:
-    num_samples: int = 12  # trials in all
-    seed: int = 0  # Optuna's TPE sampler
+    num_samples: PositiveInt = 12  # trials in all
+    seed: Seed = 0  # Optuna's TPE sampler
     metric: Metric = "dev_R@5"  # mean of text->image and image->text dev R@5; dev_loss is minimised
     # 0: as many trials at once as the cluster's CPUs (and GPUs) fit, each trial's workers plus one CPU
     # for its Ray Data reads (a Train run can only start once all its workers fit).
-    max_concurrent_trials: int = 0
-    time_budget_s: float | None = None  # stop starting and running trials after this long
+    max_concurrent_trials: NonNegativeInt = 0
+    time_budget_s: PositiveFloat | None = None  # stop starting and running trials after this long
     # An Optuna storage URL (e.g. sqlite:////shared/studies.db) to keep the study outside Tune's own state,
     # for inspection with optuna-dashboard or reuse in long studies; default: in memory, saved by Tune.
     storage: str | None = None
-
-    def validate(self, path: str) -> None:
-        if self.num_samples < 1:
-            raise SpecError(f"{path}.num_samples".lstrip("."), f"must be >= 1, found {self.num_samples}")
-        if self.max_concurrent_trials < 0:
-            raise SpecError(f"{path}.max_concurrent_trials".lstrip("."), "must be >= 0 (0: derived)")
 
     @property
     def mode(self) -> str:
@@ -57,8 +62,9 @@ class SearchConfig:
 @dataclass
 class AshaConfig:
     enabled: bool = True
-    grace_steps: int | None = None  # steps before a trial can be stopped; default: the base's eval_every
-    reduction_factor: float = 2.0  # keep the best 1/reduction_factor of the trials at each rung
+    grace_steps: PositiveInt | None = None  # steps before a trial can be stopped; default: base eval_every
+    # Keep the best 1/reduction_factor of the trials at each rung; ASHA needs it > 1 (1 keeps them all).
+    reduction_factor: Annotated[float, Range(gt=1)] = 2.0
 
 
 @dataclass
@@ -74,7 +80,9 @@ class TuneSpec:
     # CPU by default, since it only waits, and a CPU taken from the read tasks can hang a small machine;
     # Tune needs some request to place it, so 1 MiB of memory. A custom resource can pin drivers to safe
     # (non-spot) nodes.
-    driver_resources: dict[str, float] = field(default_factory=lambda: {"CPU": 0.0, "memory": 2.0**20})
+    driver_resources: dict[str, NonNegativeFloat] = field(
+        default_factory=lambda: {"CPU": 0.0, "memory": 2.0**20}
+    )
     dims: dict[str, Dimension] = field(init=False, default_factory=dict, repr=False)
 
     def validate(self, path: str) -> None:
@@ -86,9 +94,13 @@ class TuneSpec:
         if not base.train.eval_every:
             message = "the search's objective is a dev-set metric: set eval_every > 0"
             raise SpecError(f"{where}.train.eval_every", message)
+        if not path and base.data.shards is None:  # run on its own: no pipeline step will provide them
+            raise SpecError(f"{where}.data.shards", "required: the output directory of an ingest job")
         self.base = to_plain(base)  # saved resolved with the run: the search reruns without the file
-        self.dims = parse_space(self.space, f"{path}.space".lstrip("."))
-        check_space(PretrainSpec, self.base, self.dims)
+        where = f"{path}.space".lstrip(".")
+        self.dims = parse_space(self.space, where)
+        check_domains(PretrainSpec, self.base, self.dims, where)
+        check_space(PretrainSpec, self.base, self.dims, where)
 
 
 def concurrent_trials(train: TrainConfig, cluster: Mapping[str, float]) -> int:

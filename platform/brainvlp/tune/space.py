@@ -13,18 +13,20 @@ In YAML (a condition names a ``choice`` of the same space)::
 A trial's values are overrides of the base pretrain spec (``apply_params``): a trial that picks another
 component by name (``loss.name: triplet`` over a base CLIP loss) starts that section afresh from the new
 component's defaults, because the base's keys belong to the other component; the section's other trial
-values are then set on it. ``check_space`` validates every combination of choices, with the numeric
-dimensions at their bounds, before any trial starts.
+values are then set on it. Before any trial starts, ``check_domains`` checks that every value a dimension
+can take lies in its field's domain (a range over ``train.lr`` must stay > 0), and ``check_space``
+validates every combination of choices, with the numeric dimensions at their bounds.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from brainvlp.spec import SpecError, parse
+from brainvlp.spec import SpecError, field_domain, parse
 
 if TYPE_CHECKING:
     import optuna
@@ -207,20 +209,61 @@ def _depth(path: str) -> tuple[int, str]:
     return (len(parts) - (parts[-1] == "name"), path)  # a section's name before its other keys
 
 
-def check_space(spec_class: type, base: Mapping[str, Any], space: Mapping[str, Dimension]) -> int:
+def check_domains(
+    spec_class: type, base: Mapping[str, Any], space: Mapping[str, Dimension], path: str = "space"
+) -> None:
+    """Every number a dimension can give lies in the domain of the field it sets (``Range`` of the spec
+    dataclass), for each combination of choices (a choice of ``loss.name`` decides whose field it is);
+    else a SpecError naming the dimension, its values and the domain, before any trial starts."""
+    for params in itertools.islice(_assign(list(space.values()), {}), MAX_CHECKED):
+        data = apply_params(base, params)
+        for dim in space.values():
+            if dim.path not in params:  # inactive under these choices
+                continue
+            domain = field_domain(spec_class, dim.path, data)
+            outside = [v for v in _numbers(dim) if domain is not None and not domain.contains(v)]
+            if outside:
+                where, allowed = f"pretrain {dim.path}", domain.describe()
+                message = f"{_shown(dim, outside[0])} leaves the domain of {where} ({allowed})"
+                raise SpecError(f"{path}.{dim.path}", message)
+
+
+def _numbers(dim: Dimension) -> list[float]:
+    """The numbers a dimension can give at its extremes: options, range ends (rounded ones too), a value."""
+    if dim.kind == "choice":
+        values = list(dim.args)
+    elif dim.kind == "value":
+        values = [dim.args]
+    else:
+        values = [*dim.args[:2], *dim.bounds]
+    return [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+
+
+def _shown(dim: Dimension, outside: float) -> str:
+    if dim.kind == "choice":
+        return f"option {outside!r}"
+    if dim.kind == "value":
+        return f"value {outside!r}"
+    low, high = dim.args[:2]
+    shown = f"{'int range' if dim.kind == 'int' else 'range'} [{low:g}, {high:g}]"
+    return shown if outside in (low, high) else f"{shown} (rounded to multiples of {dim.args[2]:g})"
+
+
+def check_space(
+    spec_class: type, base: Mapping[str, Any], space: Mapping[str, Dimension], path: str = "space"
+) -> int:
     """Validate the base with every combination of choices, each numeric dimension at its low and then at
-    its high end; an invalid one is a SpecError naming the trial values. Returns the combinations checked."""
+    its high end; an invalid one is a SpecError naming the trial values. Returns the combinations checked.
+    Trial specs are parsed as ``base`` (not as whole jobs), as in a pipeline their inputs are linked later."""
     checked = 0
-    for params in _assign(list(space.values()), {}):
+    for params in itertools.islice(_assign(list(space.values()), {}), MAX_CHECKED):
         checked += 1
-        if checked > MAX_CHECKED:
-            break
         try:
-            parse(spec_class, apply_params(base, params))
+            parse(spec_class, apply_params(base, params), "base")
         except SpecError as err:
             shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
-            raise SpecError(f"space: trial values {shown} give an invalid pretrain spec", str(err)) from err
-    return min(checked, MAX_CHECKED)
+            raise SpecError(f"{path}: trial values {shown} give an invalid pretrain spec", str(err)) from err
+    return checked
 
 
 def _assign(dims: Sequence[Dimension], values: dict[str, Any]) -> Iterator[dict[str, Any]]:
