@@ -75,7 +75,7 @@ def bare_numbers(hint: Any) -> bool:
 
 def test_the_walk_reaches_every_job_and_component() -> None:
     names = {cls.__name__ for cls in spec_classes()}
-    assert {"PretrainSpec", "TuneSpec", "DownstreamSpec", "EvaluateSpec", "IngestSpec", "PhantomSpec"} <= names
+    assert {"PretrainSpec", "TuneSpec", "DownstreamSpec", "EvaluateSpec", "IngestSpec"} <= names
     assert {"ClipLossConfig", "TripletLossConfig", "ViTConfig", "UNetEncoderConfig", "QFormerConfig"} <= names
     assert {"FitConfig", "ProtocolConfig", "SearchConfig", "AshaConfig", "DeepSpeedConfig"} <= names
 

@@ -105,8 +105,8 @@ def test_an_invalid_combination_is_an_error_at_submit_time(tmp_path: Path) -> No
     assert load_spec(tune_spec(tmp_path, space)).dims["model.qformer"].kind == "value"
     # A range end outside the field's domain fails too, before any trial, naming the dimension.
     bad_range = {"loss.name": {"choice": ["triplet"]}, "train.num_workers": {"int": [0, 2]}}
-    message = "space.train.num_workers: int range [0, 2] leaves the domain of pretrain train.num_workers (>= 1)"
-    with pytest.raises(SpecError, match=re.escape(message)):
+    message = "space.train.num_workers: int range [0, 2] leaves the domain of pretrain train.num_workers"
+    with pytest.raises(SpecError, match=re.escape(f"{message} (>= 1)")):
         load_spec(tune_spec(tmp_path, bad_range))
     # Values the domains allow but the spec's own rules refuse fail with the trial values.
     bad_split = {"loss.name": {"choice": ["clip"]}, "train.num_workers": {"int": [1, 3]}}
