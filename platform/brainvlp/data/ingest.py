@@ -44,7 +44,7 @@ from brainvlp.data.shards import (
 from brainvlp.data.splits import SplitConfig, assign_splits, check_no_leakage, pseudonymise
 from brainvlp.data.tokenizers import load_tokenizer
 from brainvlp.errors import InputConflictError
-from brainvlp.spec import SpecError, to_plain
+from brainvlp.spec import PositiveFloat, PositiveInt, SpecError, to_plain
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +69,9 @@ class IngestSpec:
     tokenizer: str = "builtin:minilm"  # must be the pretraining text encoder's tokenizer
     splits: SplitConfig = field(default_factory=SplitConfig)
     limits: IngestLimits = field(default_factory=IngestLimits)  # per-study time, size and memory budgets
-    shard_mb: float = 256.0  # bound on a shard's uncompressed rows
-    min_shards: int = 32  # small ingests still spread over this many tasks
-    workers: int | None = None  # concurrent shard tasks; None: every CPU of the cluster
+    shard_mb: PositiveFloat = 256.0  # bound on a shard's uncompressed rows
+    min_shards: PositiveInt = 32  # small ingests still spread over this many tasks
+    workers: PositiveInt | None = None  # concurrent shard tasks; None: every CPU of the cluster
     # The pseudonymisation key comes from this environment variable or else from ``pseudonym_key_file``
     # (a path or URI), never from the spec itself.
     pseudonym_key_env: str = "BRAINVLP_PSEUDONYM_KEY"
@@ -80,12 +80,6 @@ class IngestSpec:
     def validate(self, path: str) -> None:
         if not self.sequences:
             raise SpecError(f"{path}.sequences", "at least one sequence column is required")
-        if not self.shard_mb > 0:
-            raise SpecError(f"{path}.shard_mb", f"must be > 0, found {self.shard_mb}")
-        if self.min_shards < 1:
-            raise SpecError(f"{path}.min_shards", f"must be >= 1, found {self.min_shards}")
-        if self.workers is not None and self.workers < 1:
-            raise SpecError(f"{path}.workers", f"must be >= 1 or null (every CPU), found {self.workers}")
 
     def bytes_per_study(self) -> int:
         voxels = int(np.prod(self.volume.shape))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
 import nibabel as nib
 import numpy as np
@@ -33,6 +33,7 @@ from brainvlp.data.errors import RejectError
 from brainvlp.data.limits import IngestLimits
 from brainvlp.data.nifti_load import load_nifti, voxels_float32
 from brainvlp.data.resample import Grid, resample
+from brainvlp.spec import PositiveFloat, PositiveInt, Range
 
 Fit = Literal["resize", "crop_pad"]
 Intensity = Literal["brat", "znorm", "selip"]
@@ -54,12 +55,12 @@ PERCENTILE_MARGIN = 0.5
 class VolumeConfig:
     """How one sequence becomes a fixed-shape int16 array. ``spacing`` is in (D, H, W) order, in mm."""
 
-    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    shape: tuple[int, int, int] = (32, 256, 256)
+    spacing: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = (1.0, 1.0, 1.0)
+    shape: tuple[PositiveInt, PositiveInt, PositiveInt] = (32, 256, 256)
     fit: Fit = "resize"
     intensity: Intensity = "brat"
-    percentile: float = 99.0  # used by "brat" only
-    scale_max: int = 800
+    percentile: Annotated[float, Range(gt=0, le=100)] = 99.0  # used by "brat" only
+    scale_max: Annotated[int, Range(ge=1, le=32767)] = 800  # stored as int16
 
     def __post_init__(self) -> None:
         # Specs arrive from YAML as lists; store tuples so configs stay hashable and comparable.

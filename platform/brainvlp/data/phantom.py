@@ -32,7 +32,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import nibabel as nib
 import numpy as np
@@ -53,6 +53,7 @@ from brainvlp.data.phantom_anatomy import (
 )
 from brainvlp.data.phantom_reports import Lesion, midline_shift_lesion, study_findings, write_report
 from brainvlp.findings import LOCATIONS
+from brainvlp.spec import FractionFloat, NonNegativeInt, PositiveFloat, Range
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,9 @@ _IDS, _ANATOMY, _PLAN, _IMAGE, _TEXT, _CORRUPT = range(6)
 _SEQUENCE_STREAM = 10  # + position in SUPPORTED_SEQUENCES: each contrast has its own noise stream
 
 
+ShapeInt = Annotated[int, Range(ge=8)]
+
+
 @dataclass(frozen=True)
 class PhantomConfig:
     """What to generate. ``voxel_size`` None derives the smallest isotropic size at which the whole brain
@@ -80,15 +84,15 @@ class PhantomConfig:
     t1c file (or first sequence without t1c) unreadable: garbage bytes at even positions, a truncated
     gzip at odd ones."""
 
-    num_studies: int = 240
-    num_patients: int = 200
-    shape: tuple[int, int, int] = (64, 64, 64)
-    voxel_size: float | None = None
-    max_lesions: int = 3
-    lesion_probability: float = 0.8
+    num_studies: Annotated[int, Range(ge=1, le=1_000_000)] = 240
+    num_patients: Annotated[int, Range(ge=1, le=1_000_000)] = 200
+    shape: tuple[ShapeInt, ShapeInt, ShapeInt] = (64, 64, 64)
+    voxel_size: PositiveFloat | None = None
+    max_lesions: NonNegativeInt = 3
+    lesion_probability: FractionFloat = 0.8
     sequences: tuple[str, ...] = SUPPORTED_SEQUENCES
-    seed: int = 0
-    corrupt_studies: int = 0
+    seed: NonNegativeInt = 0
+    corrupt_studies: NonNegativeInt = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_patients <= self.num_studies <= 1_000_000:

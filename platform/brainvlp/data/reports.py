@@ -14,11 +14,13 @@ import re
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Annotated
 
 import pysbd
 from transformers import PreTrainedTokenizerBase
 
 from brainvlp.data.errors import RejectError
+from brainvlp.spec import PositiveInt, Range
 
 # Header spellings -> canonical section key. Synonyms fold into one key so that a spec can ask for
 # "impression" whether a site writes IMPRESSION or CONCLUSION.
@@ -138,8 +140,8 @@ class ReportConfig:
     """Which sections to keep and how much of them (brat: 20 sentences, 256 tokens)."""
 
     sections: tuple[str, ...] = ("findings", "impression")
-    max_sentences: int = 20
-    max_tokens: int = 256
+    max_sentences: PositiveInt = 20
+    max_tokens: Annotated[int, Range(ge=3)] = 256  # room for special tokens and text
 
     def __post_init__(self) -> None:
         self.sections = tuple(s.lower() for s in self.sections)  # YAML gives lists

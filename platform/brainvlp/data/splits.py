@@ -8,28 +8,26 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from brainvlp.spec import SpecError
+from brainvlp.spec import NonNegativeInt, PositiveInt, Range, SpecError
 
 
 @dataclass
 class SplitConfig:
-    dev: float = 0.1  # fractions of patients; train gets the rest
-    test: float = 0.2
-    num_folds: int = 5  # folds over train patients for downstream cross-validation
+    dev: Annotated[float, Range(ge=0, lt=1)] = 0.1  # fractions of patients; train gets the rest
+    test: Annotated[float, Range(ge=0, lt=1)] = 0.2
+    num_folds: PositiveInt = 5  # folds over train patients for downstream cross-validation
     # A key of the findings JSON (e.g. "enhancing_lesion") whose value the folds are stratified on.
     stratify: str | None = None
-    seed: int = 0
+    seed: NonNegativeInt = 0
 
     def validate(self, path: str) -> None:
         if not (0 <= self.dev < 1 and 0 <= self.test < 1 and self.dev + self.test < 1):
             raise SpecError(path, f"dev ({self.dev}) and test ({self.test}) must be >= 0 and sum to < 1")
-        if self.num_folds < 1:
-            raise SpecError(f"{path}.num_folds", f"must be >= 1, found {self.num_folds}")
 
 
 def pseudonymise(patient_id: str, key: bytes) -> str:
