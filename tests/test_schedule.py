@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from brainvlp.spec import SpecError
+from brainvlp.spec import SpecError, parse
 from brainvlp.train.config import TrainConfig
 from brainvlp.train.engine import lr_lambda
 
@@ -65,6 +65,6 @@ def test_lambda_lr_scales_every_group() -> None:
 @pytest.mark.parametrize("power", [0.0, -1.0])
 def test_poly_power_must_be_positive(power: float) -> None:
     with pytest.raises(SpecError) as info:
-        TrainConfig(poly_power=power).validate("pretrain.train")
+        parse(TrainConfig, {"poly_power": power}, "pretrain.train")  # the field's domain, as in a spec
     assert "pretrain.train.poly_power" in str(info.value)
     assert "must be > 0" in str(info.value)
