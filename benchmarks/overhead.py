@@ -80,7 +80,7 @@ def build_task(section: dict[str, Any]) -> Any:
     from brainvlp.train.task import PretrainTask
     from brainvlp.train.trainer import PretrainSpec
 
-    spec = parse(PretrainSpec, section)
+    spec = parse(PretrainSpec, section, "pretrain")  # a pipeline section: its shards come later
     torch.manual_seed(spec.train.seed)
     model = DualEncoder(spec.model, in_channels=VOLUME_SHAPE[0], volume_shape=VOLUME_SHAPE[1:])
     return PretrainTask(model, LOSSES.build(spec.loss), scale_max=800, augment=None), spec

@@ -80,6 +80,8 @@ class IngestSpec:
     def validate(self, path: str) -> None:
         if not self.sequences:
             raise SpecError(f"{path}.sequences", "at least one sequence column is required")
+        if not path and self.manifest is None:  # run on its own: no pipeline step will provide it
+            raise SpecError("manifest", "required: path or URI of a CSV, TSV, JSONL or Parquet manifest")
 
     def bytes_per_study(self) -> int:
         voxels = int(np.prod(self.volume.shape))
