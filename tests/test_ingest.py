@@ -22,7 +22,7 @@ import yaml
 from brainvlp.data.ingest import IngestSpec, run_ingest
 from brainvlp.data.shards import decode_volumes, sha256_file
 from brainvlp.spec import parse
-from volumes import RAS_AFFINE, labels, phantom, reject_cases, reoriented, save
+from volumes import RAS_AFFINE, SMALL_INGEST, labels, phantom, reject_cases, reoriented, save
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "a-test-pseudonym-key-of-some-length"
@@ -116,15 +116,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict]:
 
 
 def _spec(manifest: Path, **overrides) -> IngestSpec:
-    data = {
-        "manifest": manifest.as_uri(),  # a filesystem URI: the same code path as s3:// or gs://
-        "sequences": ["t1c", "flair"],
-        "tokenizer": "builtin:tiny",
-        "volume": {"spacing": [2.0, 2.0, 2.0], "shape": [8, 16, 16]},
-        "report": {"max_sentences": 20, "max_tokens": 64},
-        "splits": {"dev": 0.2, "test": 0.2, "num_folds": 2},
-        "min_shards": 4,
-    }
+    # A filesystem URI: the same code path as s3:// or gs://.
+    data = SMALL_INGEST | {"manifest": manifest.as_uri()}
     return parse(IngestSpec, data | overrides, "ingest")
 
 

@@ -34,7 +34,7 @@ from brainvlp.data.manifest import ManifestColumns, read_studies
 from brainvlp.errors import UserError
 from brainvlp.spec import parse
 from corpus import GOOD_REPORT, PATIENT_PHI, TEXT_PHI, bad_images, bad_masks, bad_texts, valid_row
-from volumes import RAS_AFFINE, phantom, save
+from volumes import RAS_AFFINE, SMALL_INGEST, phantom, save
 
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = ["patient_id", "study_id", "t1c", "flair", "mask", "report", "findings"]
@@ -115,16 +115,7 @@ def _csv_corpus(root: Path, good: str) -> Manifest:
 
 
 def _spec(manifest: Path, **overrides: object) -> IngestSpec:
-    data = {
-        "manifest": str(manifest),
-        "sequences": ["t1c", "flair"],
-        "tokenizer": "builtin:tiny",
-        "volume": {"spacing": [2.0, 2.0, 2.0], "shape": [8, 16, 16]},
-        "report": {"max_sentences": 20, "max_tokens": 64},
-        "splits": {"dev": 0.2, "test": 0.2, "num_folds": 2},
-        "min_shards": 4,
-        "limits": LIMITS,
-    }
+    data = SMALL_INGEST | {"manifest": str(manifest), "limits": LIMITS}
     return parse(IngestSpec, data | overrides, "ingest")
 
 

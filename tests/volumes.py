@@ -30,6 +30,16 @@ def labels() -> np.ndarray:
     return labels
 
 
+# An ingest small enough for tests: two sequences, tiny volumes and reports, four shards.
+SMALL_INGEST = {
+    "sequences": ["t1c", "flair"],
+    "tokenizer": "builtin:tiny",
+    "volume": {"spacing": [2.0, 2.0, 2.0], "shape": [8, 16, 16]},
+    "report": {"max_sentences": 20, "max_tokens": 64},
+    "splits": {"dev": 0.2, "test": 0.2, "num_folds": 2},
+    "min_shards": 4,
+}
+
 RAS_AFFINE = np.array([[1.0, 0, 0, -15], [0, 1, 0, -13], [0, 0, 1, -11], [0, 0, 0, 1]])
 
 
