@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import socket
 
-import ray
-
 # Raylet settings the platform runs with: set here for an embedded Ray, and by cluster/Dockerfile for every
 # Ray process in the cluster image. Ray frees released objects in batches, every
 # free_objects_period_milliseconds (1000 by default), so the object store also holds up to a second of
@@ -25,6 +23,8 @@ _EMBEDDED_ENV = {
 
 def init_ray() -> str:
     """Attach to the cluster named by RAY_ADDRESS (set by ``ray job submit``), else start a local Ray."""
+    import ray  # here, not at the top: the CLI imports this module, and validating a spec starts no Ray
+
     if ray.is_initialized():
         return "existing"
     if os.environ.get("RAY_ADDRESS"):
