@@ -25,8 +25,6 @@ from typing import Annotated, Literal, get_args
 
 import nibabel as nib
 import numpy as np
-import torch
-import torch.nn.functional as F
 from nibabel.spaces import vox2out_vox
 
 from brainvlp.data.errors import RejectError
@@ -171,6 +169,10 @@ def _fit(volume: np.ndarray, config: VolumeConfig, *, labels: bool) -> np.ndarra
             dst.append(slice(lo_dst, lo_dst + size))
         out[tuple(dst)] = volume[tuple(src)]
         return out
+    # Imported here: a spec holding a VolumeConfig is validated without paying torch's ~1 s import.
+    import torch
+    import torch.nn.functional as F
+
     tensor = torch.from_numpy(volume)[None, None]
     if labels:
         # "nearest-exact" uses the same half-voxel sample positions as trilinear with align_corners=False,

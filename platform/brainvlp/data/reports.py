@@ -14,13 +14,15 @@ import re
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import pysbd
-from transformers import PreTrainedTokenizerBase
 
 from brainvlp.data.errors import RejectError
 from brainvlp.spec import PositiveInt, Range
+
+if TYPE_CHECKING:  # transformers costs ~0.7 s to import; `brainvlp validate` reads this module's config
+    from transformers import PreTrainedTokenizerBase
 
 # Header spellings -> canonical section key. Synonyms fold into one key so that a spec can ask for
 # "impression" whether a site writes IMPRESSION or CONCLUSION.

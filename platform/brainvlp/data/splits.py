@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold
 
 from brainvlp.spec import NonNegativeInt, PositiveInt, Range, SpecError
 
@@ -74,6 +73,8 @@ def _folds(train: list[str], strata: dict[str, str], config: SplitConfig) -> dic
         return {patient: position % config.num_folds for position, patient in enumerate(train)}
     labels = [strata[p] for p in train]
     # Classes smaller than num_folds cannot appear in every fold; sklearn warns and spreads what it can.
+    from sklearn.model_selection import StratifiedKFold  # ~0.8 s to import: only when folds are drawn
+
     folds = StratifiedKFold(config.num_folds, shuffle=True, random_state=config.seed)
     fold_of = {}
     for fold, (_, held_out) in enumerate(folds.split(np.zeros(len(train)), labels)):

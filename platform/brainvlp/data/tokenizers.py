@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import functools
 import string
+from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+if TYPE_CHECKING:  # transformers costs ~0.7 s to import; specs that name a tokenizer must not pay it
+    from transformers import PreTrainedTokenizerFast
 
 TINY = "builtin:tiny"
 MINILM = "builtin:minilm"
@@ -83,6 +86,8 @@ TINY_VOCAB_SIZE = len(_TINY_VOCAB)
 
 
 def _build_tiny() -> PreTrainedTokenizerFast:
+    from transformers import PreTrainedTokenizerFast
+
     tokenizer = Tokenizer(models.WordPiece(vocab=_TINY_VOCAB, unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -124,6 +129,8 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerFast:
     """
     if name == TINY:
         return _build_tiny()
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
     path = resolve_model_path(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
