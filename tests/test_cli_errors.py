@@ -67,6 +67,25 @@ def test_usage_errors_are_one_line_and_status_2() -> None:
     ]
 
 
+def test_validate_as_a_program_flushes_its_line_before_its_fast_exit(tmp_path: Path) -> None:
+    def validate(spec: Path) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "brainvlp.cli", "validate", str(spec)]
+        return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+    good = validate(write(tmp_path, {"kind": "phantom"}, "phantom.yaml"))
+    assert (good.returncode, good.stdout, good.stderr) == (
+        0,
+        f"{tmp_path / 'phantom.yaml'}: valid phantom spec; inputs checked\n",
+        "",
+    )
+    bad = validate(missing_manifest(tmp_path))
+    assert (
+        bad.returncode == 2
+        and bad.stderr.endswith("nope.csv does not exist\n")
+        and len(bad.stderr.splitlines()) == 1
+    )
+
+
 # In-process: the same main() that jobs.run calls.
 
 
