@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated
 import pysbd
 
 from brainvlp.data.errors import RejectError
+from brainvlp.errors import UserError
 from brainvlp.spec import PositiveInt, Range
 
 if TYPE_CHECKING:  # transformers costs ~0.7 s to import; `brainvlp validate` reads this module's config
@@ -207,7 +208,7 @@ def prepare_report(
     lead, tail = ids[: content[0]], ids[content[-1] + 1 :]
     budget = config.max_tokens - len(lead) - len(tail)
     if budget < 1:
-        raise ValueError(
+        raise UserError(
             f"max_tokens={config.max_tokens} leaves no room beside the tokenizer's special tokens"
         )
     truncated = truncated or len(content) > budget

@@ -43,6 +43,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from brainvlp.errors import MissingInputError, UserError
+
 FORMAT = "brainvlp-shards/2"  # 2: sentence_sections
 
 SCHEMA = pa.schema(
@@ -104,10 +106,10 @@ def read_index(shard_dir: str | Path) -> dict[str, Any]:
     """The index of a shard directory; a clear error when it is missing or of another format."""
     path = Path(shard_dir) / "index.json"
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {shard_dir} the output directory of an ingest job?")
+        raise MissingInputError(f"{path} not found: is {shard_dir} the output directory of an ingest job?")
     index = json.loads(path.read_text())
     if index.get("format") != FORMAT:
-        raise ValueError(
+        raise UserError(
             f"{path}: format {index.get('format')!r}, expected {FORMAT!r}; re-run the ingest job to rewrite "
             "the shards in the current format"
         )
@@ -120,7 +122,7 @@ def split_files(shard_dir: str | Path, split: str) -> list[str]:
     files = [str(Path(shard_dir) / s["file"]) for s in index["shards"] if s["split"] == split]
     if not files:
         available = sorted({s["split"] for s in index["shards"]})
-        raise ValueError(f"{shard_dir}: no shards for split {split!r}; splits with data: {available}")
+        raise UserError(f"{shard_dir}: no shards for split {split!r}; splits with data: {available}")
     return files
 
 

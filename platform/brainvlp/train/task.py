@@ -11,11 +11,10 @@ running it every step would cost more than the whole image step on a CPU (PHANTO
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from monai import transforms as mt
 from torch import nn
 
 from brainvlp.data.reports import SECTION_KEYS
@@ -25,6 +24,9 @@ from brainvlp.losses.selip import CLAUSE_KEYS
 from brainvlp.models import DualEncoder
 from brainvlp.models.text import section_tokens
 from brainvlp.train.config import AugmentConfig
+
+if TYPE_CHECKING:  # MONAI costs ~2.3 s to import, which `brainvlp validate` must not pay
+    from monai import transforms as mt
 
 # Keys of ``PretrainTask.represent``'s output that describe the image side and the report side.
 IMAGE_KEYS, TEXT_KEYS = ("image_emb", "views"), ("text_emb", "sentences", "sentence_mask")
@@ -38,6 +40,8 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 def build_augment(config: AugmentConfig, seed: int) -> mt.Compose | None:
     if not config.enabled:
         return None
+    from monai import transforms as mt
+
     angle = np.deg2rad(config.rotate_degrees)
     augment = mt.Compose(
         [
