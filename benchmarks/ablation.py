@@ -42,7 +42,8 @@ COLUMNS = (("text_to_image", "R@1"), ("text_to_image", "R@5"), ("text_to_image",
 
 
 def _run(spec: dict[str, Any], path: Path) -> None:
-    from brainvlp.runner import load_spec, run
+    from brainvlp.pipeline import load_spec
+    from brainvlp.runner import run
 
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     run(load_spec(path))

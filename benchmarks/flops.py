@@ -49,8 +49,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertConfig, BertModel
 
 import brainvlp.models.text
-from brainvlp.losses import LOSSES, total_loss
-from brainvlp.models import DualEncoder, ModelConfig
+from brainvlp.losses.base import total_loss
+from brainvlp.losses.config import LOSSES
+from brainvlp.models.config import ModelConfig
+from brainvlp.models.dual_encoder import DualEncoder
 from brainvlp.spec import parse
 from brainvlp.train.task import PretrainTask
 

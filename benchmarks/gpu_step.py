@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from brainvlp.losses import total_loss
+from brainvlp.losses.base import total_loss
 from brainvlp.train.task import PretrainTask
 from flops import brat_shapes, build_task, make_batch, measure
 

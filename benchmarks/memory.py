@@ -128,7 +128,7 @@ def measured_loop(config: dict[str, Any]) -> None:
     import ray.train
 
     from brainvlp.spec import parse
-    from brainvlp.train.trainer import PretrainSpec
+    from brainvlp.train.config import PretrainSpec
 
     spec, variant = parse(PretrainSpec, config["spec"]), stream.Variant(**config["variant"])
     rank, shard = ray.train.get_context().get_world_rank(), ray.train.get_dataset_shard("train")

@@ -60,6 +60,8 @@ from typing import Any  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from brainvlp.losses.config import LOSSES  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 1.15
 VOLUME_SHAPE, TOKENS, SENTENCES = (2, 32, 64, 64), 64, 4  # the quickstart's 2 sequences; short reports
@@ -74,11 +76,10 @@ def quickstart_pretrain(batch_size: int) -> dict[str, Any]:
 
 def build_task(section: dict[str, Any]) -> Any:
     """The spec's model and loss as a ``PretrainTask``, the same weights every call (seeded)."""
-    from brainvlp.losses import LOSSES
-    from brainvlp.models import DualEncoder
+    from brainvlp.models.dual_encoder import DualEncoder
     from brainvlp.spec import parse
+    from brainvlp.train.config import PretrainSpec
     from brainvlp.train.task import PretrainTask
-    from brainvlp.train.trainer import PretrainSpec
 
     spec = parse(PretrainSpec, section, "pretrain")  # a pipeline section: its shards come later
     torch.manual_seed(spec.train.seed)

@@ -39,7 +39,9 @@ from collections.abc import Callable
 
 import torch
 
+from brainvlp.losses.config import LOSSES, BratLossConfig
 from brainvlp.losses.matching import _greedy_matches, pva_matches, pva_scores
+from brainvlp.models.config import ModelConfig
 
 B, Q, S = 32, 32, 20
 MIN_SENTENCES, MAX_SENTENCES = 5, 20
@@ -144,9 +146,7 @@ def _synchronize() -> None:
 
 def _brat_task() -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     """The quickstart's CPU-size model with a brat Q-Former (32 queries, from MiniLM) and one batch."""
-    from brainvlp.losses import LOSSES
-    from brainvlp.losses.brat import BratLossConfig
-    from brainvlp.models import DualEncoder, ModelConfig
+    from brainvlp.models.dual_encoder import DualEncoder
     from brainvlp.spec import parse
     from brainvlp.train.task import PretrainTask
 

@@ -309,7 +309,7 @@ def consume(config: dict[str, Any]) -> None:
     import ray.train
 
     from brainvlp.spec import parse
-    from brainvlp.train.trainer import PretrainSpec
+    from brainvlp.train.config import PretrainSpec
 
     spec, variant = parse(PretrainSpec, config["spec"]), Variant(**config["variant"])
     rank, micro_batch = ray.train.get_context().get_world_rank(), GLOBAL_BATCH // NUM_WORKERS
@@ -359,7 +359,7 @@ def ray_dataset(spec: Any, variant: Variant) -> Any:
 def pretrain_spec(shards: Path, worker_cpus: float) -> Any:
     """A default pretrain spec over ``shards`` for 2 workers of ``worker_cpus`` CPUs, global batch 32."""
     from brainvlp.spec import parse
-    from brainvlp.train.trainer import PretrainSpec
+    from brainvlp.train.config import PretrainSpec
 
     train = {"num_workers": NUM_WORKERS, "cpus_per_worker": worker_cpus, "batch_size": GLOBAL_BATCH}
     return parse(PretrainSpec, {"data": {"shards": str(shards)}, "train": train})

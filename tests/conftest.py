@@ -88,7 +88,8 @@ def ingest_tiny(tmp_path: Path) -> Path:
     """The tiny pipeline's phantom and ingest steps (on the Ray already started); returns the shards."""
     import yaml
 
-    from brainvlp.runner import load_spec, run
+    from brainvlp.pipeline import load_spec
+    from brainvlp.runner import run
 
     spec = _tiny_pipeline(tmp_path)
     del spec["pretrain"], spec["evaluate"]

@@ -8,9 +8,9 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from brainvlp.losses import LOSSES
-from brainvlp.losses.brat import BratLossConfig
-from brainvlp.models import DualEncoder, ModelConfig
+from brainvlp.losses.config import LOSSES, BratLossConfig
+from brainvlp.models.config import ModelConfig
+from brainvlp.models.dual_encoder import DualEncoder
 from brainvlp.spec import parse
 from brainvlp.train.task import PretrainTask
 

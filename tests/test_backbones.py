@@ -6,7 +6,8 @@ import pytest
 import torch
 from monai.networks.nets import BasicUNet, ViT
 
-from brainvlp.models import VISION, DualEncoder, ModelConfig
+from brainvlp.models.config import VISION, ModelConfig
+from brainvlp.models.dual_encoder import DualEncoder
 from brainvlp.spec import SpecError, parse
 
 SHAPE = (16, 32, 32)

@@ -10,9 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from brainvlp.losses import LOSSES
-from brainvlp.losses.brat import BratLossConfig
-from brainvlp.losses.qformer_itc import QFormerItcLossConfig
+from brainvlp.losses.config import LOSSES, BratLossConfig, QFormerItcLossConfig
 from brainvlp.spec import SpecError, parse
 from test_matching import reference_colbert, reference_dpp, reference_pva_all, reference_repulsion
 

@@ -128,7 +128,7 @@ def _entrypoint(job: dict) -> tuple[Path, list[str]]:
 
 def _load(job: dict) -> Any:
     """The job's spec as `jobs.run` reads it in the job's working directory (validation starts no Ray)."""
-    from brainvlp.runner import load_spec
+    from brainvlp.pipeline import load_spec
 
     path, overrides = _entrypoint(job)
     assert path.is_file(), f"{job['metadata']['name']}: {path.relative_to(REPO)} does not exist"

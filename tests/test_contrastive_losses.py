@@ -16,14 +16,17 @@ import torch.nn.functional as F
 
 from brainvlp.data.clauses import encode_clauses
 from brainvlp.distributed import gather_features
-from brainvlp.losses import LOSSES, total_loss
-from brainvlp.losses.brat import BratLossConfig
-from brainvlp.losses.clip import ClipLossConfig
-from brainvlp.losses.convirt import ConvirtLossConfig
-from brainvlp.losses.convirt_sections import ConvirtSectionsLossConfig
-from brainvlp.losses.qformer_itc import QFormerItcLossConfig
-from brainvlp.losses.selip import SelipLossConfig
-from brainvlp.losses.triplet import TripletLossConfig
+from brainvlp.losses.base import total_loss
+from brainvlp.losses.config import (
+    LOSSES,
+    BratLossConfig,
+    ClipLossConfig,
+    ConvirtLossConfig,
+    ConvirtSectionsLossConfig,
+    QFormerItcLossConfig,
+    SelipLossConfig,
+    TripletLossConfig,
+)
 
 
 def reference_info_nce(img: torch.Tensor, txt: torch.Tensor, tau: float, lam: float) -> torch.Tensor:

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from brainvlp.data.reports import SECTION_KEYS
-from brainvlp.losses import LOSSES
-from brainvlp.losses.convirt_sections import ConvirtSectionsLossConfig
+from brainvlp.losses.config import LOSSES, ConvirtSectionsLossConfig
+from brainvlp.models.config import ModelConfig, TextConfig
 from brainvlp.models.text import section_tokens
 from brainvlp.train.batches import section_ids
 
@@ -129,7 +129,6 @@ def test_batch_section_ids_follow_section_keys() -> None:
 
 
 def test_unknown_text_section_is_a_spec_error() -> None:
-    from brainvlp.models.text import TextConfig
     from brainvlp.spec import SpecError, parse
 
     with pytest.raises(SpecError, match=r"model\.text\.sections.*'finding'"):
@@ -138,7 +137,7 @@ def test_unknown_text_section_is_a_spec_error() -> None:
 
 @pytest.mark.parametrize("freeze", [False, True])
 def test_task_averages_separately_encoded_sections(freeze: bool) -> None:
-    from brainvlp.models import DualEncoder, ModelConfig
+    from brainvlp.models.dual_encoder import DualEncoder
     from brainvlp.spec import parse
     from brainvlp.train.task import PretrainTask
 

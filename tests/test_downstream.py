@@ -21,17 +21,17 @@ import torch
 import yaml
 from torch import nn
 
-from brainvlp.downstream.config import FitConfig, ModelEntry, ProtocolConfig, resolve_init
+from brainvlp.downstream.config import BootstrapConfig, DownstreamSpec, FitConfig, ModelEntry, ProtocolConfig
 from brainvlp.downstream.fit import RunResult, TaskData, build_classifier, embed_tokens, run_once
-from brainvlp.downstream.job import BootstrapConfig, DownstreamSpec, Run, plan_runs
+from brainvlp.downstream.job import Run, plan_runs
 from brainvlp.downstream.labels import TaskConfig, TaskLabels, task_labels
 from brainvlp.downstream.report import seed_estimates, summarise
+from brainvlp.downstream.weights import resolve_init
 from brainvlp.evaluate.classification import classification_metrics, patient_folds
 from brainvlp.findings import LOCATIONS
 from brainvlp.models.classifier import Classifier, freeze_stages, grad_cam, token_grid
-from brainvlp.models.resnet import ResNetConfig
-from brainvlp.models.resnet_attention import ResNetAttentionConfig
-from brainvlp.runner import load_spec
+from brainvlp.models.config import ResNetAttentionConfig, ResNetConfig
+from brainvlp.pipeline import load_spec
 from brainvlp.spec import SpecError, parse
 
 VOLUME = (8, 16, 16)  # D x H x W

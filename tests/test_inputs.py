@@ -15,7 +15,7 @@ from brainvlp import inputs
 from brainvlp.data.shards import FORMAT
 from brainvlp.errors import MissingInputError, UserError
 from brainvlp.inputs import check_inputs
-from brainvlp.runner import load_spec
+from brainvlp.pipeline import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = [1, 16, 16, 16]  # C x D x H x W of the fake shards and exports

@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from brainvlp.models import DualEncoder, ModelConfig
+from brainvlp.models.config import ModelConfig
+from brainvlp.models.dual_encoder import DualEncoder
 from brainvlp.models.lavis import load_lavis_state_dict, read_checkpoint
 from brainvlp.spec import parse
 
@@ -193,8 +194,9 @@ def test_read_checkpoint_round_trips_and_refuses_pickled_objects(tmp_path: Path)
 
 
 def test_downstream_fine_tunes_the_densenet_of_a_published_checkpoint(model, tmp_path: Path) -> None:
-    from brainvlp.downstream.config import ModelEntry, resolve_init
+    from brainvlp.downstream.config import ModelEntry
     from brainvlp.downstream.fit import TaskData, build_classifier
+    from brainvlp.downstream.weights import resolve_init
 
     state = lavis_state(model)
     torch.save({"model": state}, tmp_path / "brat.pth")

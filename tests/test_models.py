@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from brainvlp.export import load_export, save_export
-from brainvlp.models import VISION, DualEncoder, ModelConfig
+from brainvlp.models.config import VISION, ModelConfig
+from brainvlp.models.dual_encoder import DualEncoder
 from brainvlp.spec import parse
 
 TINY = {

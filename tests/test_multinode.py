@@ -23,7 +23,8 @@ import ray
 import yaml
 from ray.util.state import list_actors, list_tasks
 
-from brainvlp.runner import load_spec, run
+from brainvlp.pipeline import load_spec
+from brainvlp.runner import run
 from conftest import ingest_tiny
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from brainvlp.runner import load_spec, run
+from brainvlp.pipeline import load_spec
+from brainvlp.runner import run
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from brainvlp.data.shards import pad_spans
-from brainvlp.models.qformer import QFormer, QFormerConfig
-from brainvlp.models.text import TextConfig, TextEncoder, _tiny_bert, span_means
+from brainvlp.models.config import QFormerConfig, TextConfig
+from brainvlp.models.qformer import QFormer
+from brainvlp.models.text import TextEncoder, _tiny_bert, span_means
 
 
 @pytest.fixture(scope="module")

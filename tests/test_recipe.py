@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from brainvlp.data.phantom import PhantomConfig, generate_phantom
-from brainvlp.runner import load_spec, run
+from brainvlp.pipeline import load_spec
+from brainvlp.runner import run
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

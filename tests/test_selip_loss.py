@@ -12,8 +12,8 @@ import torch
 
 from brainvlp.data.clauses import clause_words, encode_clauses
 from brainvlp.findings import NORMAL_CLAUSE, clause_text
-from brainvlp.losses import LOSSES
-from brainvlp.losses.selip import SelipLossConfig, clause_similarity
+from brainvlp.losses.config import LOSSES, SelipLossConfig
+from brainvlp.losses.selip import clause_similarity
 
 LESION = {"modality": "FLAIR", "side": "left", "site": "frontal lobe", "appearance": "non-enhancing lesion"}
 WMD = {"modality": "FLAIR", "side": "bilateral", "site": "white matter", "appearance": "white matter spots"}

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from brainvlp.losses import LOSSES
-from brainvlp.runner import JOB_KINDS, load_spec
+from brainvlp.losses.config import LOSSES
+from brainvlp.pipeline import JOB_KINDS, load_spec
 from brainvlp.spec import SpecError, dump_resolved, to_plain
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,11 +10,11 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 import pytest
 
-from brainvlp.losses.base import LossConfig
-from brainvlp.models.base import VisionConfig
-from brainvlp.runner import JOB_KINDS
+from brainvlp.losses.config import LossConfig
+from brainvlp.models.config import VisionConfig
+from brainvlp.pipeline import JOB_KINDS
 from brainvlp.spec import Range, SpecError, field_domain
-from brainvlp.train.trainer import PretrainSpec
+from brainvlp.train.config import PretrainSpec
 
 # Spec classes under brainvlp/data/ allowed to hold numbers without a domain while their owner annotates
 # them: none left (every data spec number has a Range). No class outside brainvlp.data may be listed.

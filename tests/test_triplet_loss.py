@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from brainvlp.losses import LOSSES
-from brainvlp.losses.triplet import TripletLossConfig, candidate_mask
+from brainvlp.losses.config import LOSSES, TripletLossConfig
+from brainvlp.losses.triplet import candidate_mask
+from brainvlp.models.config import LocalAlignConfig
 from brainvlp.spec import SpecError, parse
 
 N, D = 6, 5
@@ -134,7 +135,7 @@ def test_local_term_gradients_and_token_limit() -> None:
 
 
 def test_local_alignment_module_masks_padding_and_attends_row_stochastically() -> None:
-    from brainvlp.models.local_align import LocalAlignConfig, LocalAlignment
+    from brainvlp.models.local_align import LocalAlignment
 
     torch.manual_seed(0)
     module = LocalAlignment(LocalAlignConfig(dim=8, num_heads=2), image_dim=5, text_dim=7)

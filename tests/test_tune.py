@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from brainvlp.runner import load_spec, run
+from brainvlp.pipeline import load_spec
+from brainvlp.runner import run
 from conftest import ingest_tiny, killed_driver
 
 pytestmark = pytest.mark.slow

@@ -9,10 +9,9 @@ import optuna
 import pytest
 import yaml
 
-from brainvlp.runner import load_spec
+from brainvlp.pipeline import load_spec
 from brainvlp.spec import SpecError, parse
-from brainvlp.train.config import TrainConfig
-from brainvlp.train.trainer import PretrainSpec
+from brainvlp.train.config import PretrainSpec, TrainConfig
 from brainvlp.tune.job import concurrent_trials
 from brainvlp.tune.space import apply_params, check_space, distributions, parse_space, suggest
 

@@ -71,7 +71,8 @@ def _command(args: argparse.Namespace) -> tuple[int, bool]:
     """Exit status of the command, and whether it started the run (Ray, files of the run directory)."""
     # Imported here, not at the top: `brainvlp --help` and usage errors need none of the job modules.
     from brainvlp.inputs import check_inputs
-    from brainvlp.runner import load_spec, run
+    from brainvlp.pipeline import load_spec
+    from brainvlp.runner import run
 
     stage = "spec"  # what failed: the spec, its inputs, or the run itself
     try:

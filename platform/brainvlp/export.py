@@ -18,7 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from brainvlp.errors import MissingInputError
-from brainvlp.models import DualEncoder, ModelConfig
+from brainvlp.models.config import ModelConfig
+from brainvlp.models.dual_encoder import DualEncoder
 from brainvlp.spec import parse, to_plain
 
 WEIGHTS, META = "model.safetensors", "model.json"

@@ -94,7 +94,7 @@ class _Checker:
         facts = self._shards(f"{where}data.shards", spec.data.shards, top)
         if facts.get("splits") is not None:
             try:
-                from brainvlp.train.trainer import check_against_shards
+                from brainvlp.train.config import check_against_shards
 
                 check_against_shards(spec, facts)
             except SpecError as err:  # its paths are relative to the pretrain spec
@@ -113,7 +113,7 @@ class _Checker:
 
     def tune(self, where: str, spec: Any, top: Any) -> None:
         from brainvlp.spec import parse
-        from brainvlp.train.trainer import PretrainSpec
+        from brainvlp.train.config import PretrainSpec
 
         self.pretrain(f"{where}base.", parse(PretrainSpec, spec.base, f"{where}base"), top)
 

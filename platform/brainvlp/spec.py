@@ -269,6 +269,17 @@ def _convert_scalar(hint: Any, value: Any, path: str) -> Any:
     return value
 
 
+@dataclass
+class JobSpec:
+    """The header every job spec shares. ``kind`` selects the job (each spec class narrows it to its own
+    literal); a run writes to ``<output_root>/<run_name>/``, ``run_name`` defaulting to the spec file's
+    name."""
+
+    kind: str = ""
+    run_name: str | None = None
+    output_root: str = "runs"
+
+
 class _SpecLoader(yaml.SafeLoader):
     """``yaml.safe_load``'s loader (YAML 1.1 scalars included) that refuses a key given twice in one mapping:
     PyYAML keeps the last silently, so a spec would run with a value its author did not see."""

@@ -1,17 +1,16 @@
-"""The parts of a ``kind: downstream`` spec: models to compare, the fit, the protocol; and how each model's
-initial backbone weights are found (a pretrain export, an arbitrary state dict, or none)."""
+"""The ``kind: downstream`` spec and its parts: the task, the models to compare, the fit, the protocol,
+resources and bootstrap."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
-import torch
-
-from brainvlp.errors import UserError
-from brainvlp.models.base import VisionConfig
+from brainvlp.downstream.labels import TaskConfig
+from brainvlp.models.config import VisionConfig
 from brainvlp.spec import (
     DropoutFloat,
+    JobSpec,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
@@ -19,7 +18,6 @@ from brainvlp.spec import (
     Range,
     Seed,
     SpecError,
-    parse,
 )
 
 
@@ -107,43 +105,34 @@ class ResourcesConfig:
     threads_per_run: PositiveInt = 1  # torch intra-op threads in each run
 
 
-def resolve_init(entry: ModelEntry, in_channels: int, volume_shape: tuple[int, ...]) -> dict[str, Any]:
-    """The entry's backbone config, pooling and initial backbone state dict (None: random init)."""
-    if entry.init == "scratch":
-        return {"vision": entry.vision, "image_pool": entry.image_pool or "mean", "state_dict": None}
-    if entry.init == "state_dict":
-        return {
-            "vision": entry.vision,
-            "image_pool": entry.image_pool or "mean",
-            "state_dict": _read_state_dict(entry),
-        }
-    from brainvlp.export import load_export
-
-    model, meta = load_export(entry.path)
-    shape = (meta["in_channels"], *meta["volume_shape"])
-    if shape != (in_channels, *volume_shape):
-        raise UserError(
-            f"model {entry.name!r}: export {entry.path} takes C x D x H x W = {shape}, the shards hold "
-            f"{(in_channels, *volume_shape)}; ingest with the export's sequences and volume shape"
-        )
-    return {
-        "vision": parse(VisionConfig, meta["model"]["vision"], f"{entry.path}: model.vision"),
-        "image_pool": entry.image_pool or meta["model"].get("image_pool", "mean"),
-        "state_dict": model.vision.state_dict(),
-    }
+@dataclass
+class BootstrapConfig:
+    resamples: PositiveInt = 1000
+    level: Annotated[float, Range(gt=0, lt=1)] = 0.95  # of the confidence intervals
 
 
-def _read_state_dict(entry: ModelEntry) -> dict[str, torch.Tensor]:
-    from brainvlp.models.lavis import lavis_vision_state, read_checkpoint
+@dataclass
+class DownstreamSpec(JobSpec):
+    kind: Literal["downstream"] = "downstream"
+    shards: str | None = None  # an ingest output directory; in a pipeline, the ingest step's
+    task: TaskConfig = field(default_factory=TaskConfig)
+    models: tuple[ModelEntry, ...] = ()
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
 
-    state = read_checkpoint(entry.path)
-    if entry.adapter == "lavis":
-        picked = lavis_vision_state(state)
-    else:
-        picked = {k[len(entry.prefix) :]: v for k, v in state.items() if k.startswith(entry.prefix)}
-    if not picked:
-        raise UserError(
-            f"model {entry.name!r}: no backbone weights in {entry.path} (adapter {entry.adapter!r}, prefix "
-            f"{entry.prefix!r}; the file's first names: {', '.join(list(state)[:3])})"
-        )
-    return picked
+    def validate(self, path: str) -> None:
+        where = f"{path}.models" if path else "models"
+        if not self.models:
+            raise SpecError(where, "list at least one model to train")
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise SpecError(where, f"model names must be unique, found {names}")
+        if path:  # a pipeline step: the runner links and checks the inputs
+            return
+        if self.shards is None:  # run on its own: no pipeline step will provide them
+            raise SpecError("shards", "required: the output directory of an ingest job")
+        for index, entry in enumerate(self.models):
+            if entry.init == "export" and entry.path is None:
+                raise SpecError(f"models.{index}.path", "required for init 'export': a pretrain export")

@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -26,50 +26,16 @@ import ray
 import torch
 
 from brainvlp.data.shards import decode_volumes, read_index, split_files
-from brainvlp.downstream.config import FitConfig, ModelEntry, ProtocolConfig, ResourcesConfig, resolve_init
+from brainvlp.downstream.config import DownstreamSpec, ModelEntry
 from brainvlp.downstream.fit import RunResult, TaskData, build_classifier, embed_tokens, run_once
-from brainvlp.downstream.labels import TaskConfig, TaskLabels, task_labels
+from brainvlp.downstream.labels import TaskLabels, task_labels
+from brainvlp.downstream.weights import resolve_init
 from brainvlp.errors import UserError
 from brainvlp.evaluate.classification import label_fraction, patient_folds
-from brainvlp.spec import PositiveInt, Range, SpecError
+from brainvlp.spec import SpecError
 
 log = logging.getLogger(__name__)
 _COLUMNS = ["patient_pid", "volume", "volume_shape", "mask", "findings"]
-
-
-@dataclass
-class BootstrapConfig:
-    resamples: PositiveInt = 1000
-    level: Annotated[float, Range(gt=0, lt=1)] = 0.95  # of the confidence intervals
-
-
-@dataclass
-class DownstreamSpec:
-    kind: Literal["downstream"] = "downstream"
-    run_name: str | None = None
-    output_root: str = "runs"
-    shards: str | None = None  # an ingest output directory; in a pipeline, the ingest step's
-    task: TaskConfig = field(default_factory=TaskConfig)
-    models: tuple[ModelEntry, ...] = ()
-    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
-    fit: FitConfig = field(default_factory=FitConfig)
-    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
-
-    def validate(self, path: str) -> None:
-        where = f"{path}.models" if path else "models"
-        if not self.models:
-            raise SpecError(where, "list at least one model to train")
-        names = [m.name for m in self.models]
-        if len(set(names)) != len(names):
-            raise SpecError(where, f"model names must be unique, found {names}")
-        if path:  # a pipeline step: the runner links and checks the inputs
-            return
-        if self.shards is None:  # run on its own: no pipeline step will provide them
-            raise SpecError("shards", "required: the output directory of an ingest job")
-        for index, entry in enumerate(self.models):
-            if entry.init == "export" and entry.path is None:
-                raise SpecError(f"models.{index}.path", "required for init 'export': a pretrain export")
 
 
 @dataclass

@@ -9,10 +9,9 @@ Shape legend: N studies in the split.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -21,6 +20,7 @@ import torch
 
 from brainvlp.data.shards import decode_volumes, read_index, split_files
 from brainvlp.evaluate.compare import write_comparison_report
+from brainvlp.evaluate.config import EvaluateSpec
 from brainvlp.evaluate.report import format_retrieval_table
 from brainvlp.evaluate.retrieval import (
     chance_levels,
@@ -30,33 +30,9 @@ from brainvlp.evaluate.retrieval import (
 from brainvlp.export import load_export
 from brainvlp.findings import positive_findings
 from brainvlp.losses.scoring import NEEDS, concat, score_matrix
-from brainvlp.spec import NonNegativeFloat, PositiveInt, SpecError
+from brainvlp.spec import SpecError
 from brainvlp.train.batches import BATCH_COLUMNS, collate
 from brainvlp.train.task import IMAGE_KEYS, TEXT_KEYS, PretrainTask, to_device
-
-
-@dataclass
-class EvaluateSpec:
-    kind: Literal["evaluate"] = "evaluate"
-    run_name: str | None = None
-    output_root: str = "runs"
-    model: str | None = None  # a pretrain export directory; in a pipeline, the pretrain step's
-    models: dict[str, str] = field(default_factory=dict)  # several exports by name, compared side by side
-    downstream: str | None = None  # a downstream run directory whose tables join the report
-    shards: str | None = None  # an ingest output directory; in a pipeline, the ingest step's
-    split: str = "test"
-    batch_size: PositiveInt = 16
-    gpus_per_model: NonNegativeFloat = 0.0  # each model scores the split in one Ray task; > 0: on a GPU
-
-    def validate(self, path: str) -> None:
-        if self.model is not None and self.models:
-            raise SpecError(f"{path}.models".lstrip("."), "set model (one export) or models, not both")
-        if path:  # a pipeline step: the runner links and checks the inputs
-            return
-        if self.model is None and not self.models:  # run on its own: no pipeline step will provide it
-            raise SpecError("model", "required: a pretrain export directory (or models: {name: export})")
-        if self.shards is None:
-            raise SpecError("shards", "required: the output directory of an ingest job")
 
 
 @ray.remote(num_cpus=1)

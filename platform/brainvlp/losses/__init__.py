@@ -1,17 +1,3 @@
-"""Losses, one family per file, each registered by name in ``LOSSES``."""
+"""Losses, one family per file; their configs, registered by name in ``LOSSES``, live in ``config``.
 
-from brainvlp.losses import brat, clip, convirt, convirt_sections, qformer_itc, selip, triplet
-from brainvlp.losses.base import LOSSES, LossConfig, total_loss
-
-__all__ = [
-    "LOSSES",
-    "LossConfig",
-    "brat",
-    "clip",
-    "convirt",
-    "convirt_sections",
-    "qformer_itc",
-    "selip",
-    "total_loss",
-    "triplet",
-]
+The package imports nothing itself, so that the configs are read without torch."""

@@ -1,46 +1,73 @@
-"""The loss registry and the contract every loss follows.
+"""The contract every loss follows, and the math several share.
 
-A loss is an ``nn.Module`` built as ``Loss(config, rank=..., world_size=..., gather=...)`` whose forward takes
+A loss is a ``Loss`` built as ``SomeLoss(config, rank=..., world_size=..., gather=...)`` whose forward takes
 the model's output dict and returns a dict: keys ending in ``_loss`` are summed into the training objective,
-everything else is logged. Two attributes tell the training task what to compute: ``inputs``, the
-representations the loss reads (see ``brainvlp.losses.scoring.NEEDS``; plus ``"itg"`` for generation
-logits), and ``scoring``, the image-report score that retrieval evaluation must use for this method.
-``gather`` is the only way a loss sees other workers' features (it is
-``brainvlp.distributed.gather_features`` under data parallelism, the identity on one worker), so the loss
-math itself stays single-device and testable without a process group.
+everything else is logged. What it reads (``inputs``) and how retrieval scores its pairs (``scoring``) come
+from its config (``brainvlp.losses.config``). ``gather`` is the only way a loss sees other workers'
+features (it is ``brainvlp.distributed.gather_features`` under data parallelism, the identity on one
+worker), so the loss math itself stays single-device and testable without a process group.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Annotated, ClassVar
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from brainvlp.registry import Registry
-from brainvlp.spec import Range
-
 Gather = Callable[[torch.Tensor], torch.Tensor]
-# A softmax temperature: 0 divides by zero, and at 10 and above the logits are flat enough to learn nothing.
-Temperature = Annotated[float, Range(gt=0, lt=10)]
-
-LOSSES: Registry = Registry("loss")
-
-
-@dataclass
-class LossConfig:
-    """Base of every loss config; ``name`` selects the registered loss."""
-
-    registry: ClassVar[Registry] = LOSSES
-    name: str
 
 
 def no_gather(features: torch.Tensor) -> torch.Tensor:
     return features
+
+
+class Loss(nn.Module):
+    """Base of every loss: its config and its place among data-parallel workers.
+
+    ``single_process()`` computes on this process's batch alone for a while (rank 0 of 1, no gather): dev
+    evaluation runs the training loss on every worker over the whole dev split, where gathering would
+    only repeat the same batch.
+    """
+
+    def __init__(
+        self, config: Any, *, rank: int = 0, world_size: int = 1, gather: Gather = no_gather
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self._placement = (rank, world_size, gather)
+        self._alone = False
+
+    @property
+    def rank(self) -> int:
+        return 0 if self._alone else self._placement[0]
+
+    @property
+    def world_size(self) -> int:
+        return 1 if self._alone else self._placement[1]
+
+    def gather(self, features: torch.Tensor) -> torch.Tensor:
+        return features if self._alone else self._placement[2](features)
+
+    @property
+    def inputs(self) -> frozenset[str]:
+        return self.config.inputs
+
+    @property
+    def scoring(self) -> str:
+        return self.config.scoring
+
+    @contextlib.contextmanager
+    def single_process(self) -> Iterator[None]:
+        alone, self._alone = self._alone, True
+        try:
+            yield
+        finally:
+            self._alone = alone
 
 
 class LogitScale(nn.Module):

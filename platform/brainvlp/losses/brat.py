@@ -17,41 +17,13 @@ brat w/o QD = ``diversity: none``, brat w/ PR = ``diversity: repulsion``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from brainvlp.losses.base import (
-    LOSSES,
-    Gather,
-    LogitScale,
-    LossConfig,
-    Temperature,
-    no_gather,
-    symmetric_infonce,
-)
+from brainvlp.losses.base import Gather, LogitScale, Loss, no_gather, symmetric_infonce
+from brainvlp.losses.config import BratLossConfig, Diversity
 from brainvlp.losses.matching import dpp_loss, repulsion_loss
 from brainvlp.losses.scoring import pad_sentences, pair_scores
-from brainvlp.spec import NonNegativeFloat, PositiveInt
-
-Diversity = Literal["dpp", "repulsion", "none"]
-
-
-@dataclass
-class BratLossConfig(LossConfig):
-    name: str = "brat"
-    temperature: Temperature = 0.1  # brat's reference initialises the learnable temperature at 0.1
-    learnable_temperature: bool = True
-    matching: Literal["pva", "colbert"] = "pva"
-    diversity: Diversity = "dpp"
-    diversity_weight: NonNegativeFloat = 1.0
-    dpp_eps: NonNegativeFloat = 1e-6
-    itg_weight: NonNegativeFloat = 1.0  # 0 turns image-grounded text generation off
-    # The ingest's report.max_sentences: sentences are padded to it for gathering.
-    max_sentences: PositiveInt = 20
 
 
 def diversity_terms(
@@ -71,16 +43,12 @@ def itg_loss(logits_BTV: torch.Tensor, input_ids_BT: torch.Tensor, mask_BT: torc
     return F.cross_entropy(logits_BTV[:, :-1].flatten(0, 1).float(), targets_BT.flatten(), ignore_index=-100)
 
 
-@LOSSES.register("brat", config=BratLossConfig)
-class BratLoss(nn.Module):
+class BratLoss(Loss):
     def __init__(
         self, config: BratLossConfig, *, rank: int = 0, world_size: int = 1, gather: Gather = no_gather
     ) -> None:
-        super().__init__()
-        self.config, self.rank, self.world_size, self.gather = config, rank, world_size, gather
+        super().__init__(config, rank=rank, world_size=world_size, gather=gather)
         self.scale = LogitScale(config.temperature, learnable=config.learnable_temperature)
-        self.scoring = config.matching
-        self.inputs = frozenset({"views", "sentences"} | ({"itg"} if config.itg_weight > 0 else set()))
 
     def forward(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         config = self.config

@@ -9,42 +9,24 @@ loss over the whole global batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-from torch import nn
 
 from brainvlp.losses.base import (
-    LOSSES,
     Gather,
     LogitScale,
-    LossConfig,
-    Temperature,
+    Loss,
     cross_modal_similarities,
     no_gather,
     symmetric_infonce,
 )
-from brainvlp.spec import PositiveFloat
+from brainvlp.losses.config import ClipLossConfig
 
 
-@dataclass
-class ClipLossConfig(LossConfig):
-    name: str = "clip"
-    temperature: Temperature = 0.07  # initial; CLIP 0.07, brat reference and ConVIRT 0.1
-    learnable_temperature: bool = True
-    max_logit_scale: PositiveFloat = 100.0  # CLIP clamps exp(t) at 100 for stability (its log is taken)
-
-
-@LOSSES.register("clip", config=ClipLossConfig)
-class ClipLoss(nn.Module):
-    scoring = "dot"
-    inputs = frozenset({"global"})
-
+class ClipLoss(Loss):
     def __init__(
         self, config: ClipLossConfig, *, rank: int = 0, world_size: int = 1, gather: Gather = no_gather
     ) -> None:
-        super().__init__()
-        self.rank, self.world_size, self.gather = rank, world_size, gather
+        super().__init__(config, rank=rank, world_size=world_size, gather=gather)
         self.scale = LogitScale(
             config.temperature, learnable=config.learnable_temperature, max_scale=config.max_logit_scale
         )

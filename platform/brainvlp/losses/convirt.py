@@ -8,21 +8,11 @@ batch, tau = 0.1 and lambda = 0.75 by default. Negatives come from every worker,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from brainvlp.losses.base import LOSSES, Gather, LossConfig, Temperature, cross_modal_similarities, no_gather
-from brainvlp.spec import FractionFloat
-
-
-@dataclass
-class ConvirtLossConfig(LossConfig):
-    name: str = "convirt"
-    temperature: Temperature = 0.1
-    image_to_text_weight: FractionFloat = 0.75  # ConVIRT's lambda; the text -> image term gets 1 - lambda
+from brainvlp.losses.base import Gather, Loss, cross_modal_similarities, no_gather
+from brainvlp.losses.config import ConvirtLossConfig
 
 
 def convirt_terms(
@@ -35,16 +25,11 @@ def convirt_terms(
     return image_to_text, text_to_image, labels_B
 
 
-@LOSSES.register("convirt", config=ConvirtLossConfig)
-class ConvirtLoss(nn.Module):
-    scoring = "dot"
-    inputs = frozenset({"global"})
-
+class ConvirtLoss(Loss):
     def __init__(
         self, config: ConvirtLossConfig, *, rank: int = 0, world_size: int = 1, gather: Gather = no_gather
     ) -> None:
-        super().__init__()
-        self.rank, self.world_size, self.gather = rank, world_size, gather
+        super().__init__(config, rank=rank, world_size=world_size, gather=gather)
         self.temperature, self.weight = config.temperature, config.image_to_text_weight
 
     def forward(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

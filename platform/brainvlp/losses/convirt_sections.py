@@ -17,22 +17,12 @@ term). With no such report in the gathered batch the local term is 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from brainvlp.losses.base import LOSSES, Gather, no_gather
-from brainvlp.losses.convirt import ConvirtLossConfig, convirt_terms
-from brainvlp.spec import FractionFloat
-
-
-@dataclass
-class ConvirtSectionsLossConfig(ConvirtLossConfig):
-    name: str = "convirt_sections"
-    findings_to_impression_weight: FractionFloat = 0.75  # alpha; impression -> findings gets 1 - alpha
-    local_weight: FractionFloat = 0.75  # lambda of the total; the global term gets 1 - lambda
+from brainvlp.losses.base import Gather, Loss, no_gather
+from brainvlp.losses.config import ConvirtSectionsLossConfig
+from brainvlp.losses.convirt import convirt_terms
 
 
 def masked_infonce(
@@ -56,11 +46,7 @@ def masked_infonce(
     return (per_query_B * valid_B).sum() * world_size / valid_G.sum().clamp(min=1)
 
 
-@LOSSES.register("convirt_sections", config=ConvirtSectionsLossConfig)
-class ConvirtSectionsLoss(nn.Module):
-    scoring = "dot"
-    inputs = frozenset({"global", "sections"})
-
+class ConvirtSectionsLoss(Loss):
     def __init__(
         self,
         config: ConvirtSectionsLossConfig,
@@ -69,8 +55,7 @@ class ConvirtSectionsLoss(nn.Module):
         world_size: int = 1,
         gather: Gather = no_gather,
     ) -> None:
-        super().__init__()
-        self.config, self.rank, self.world_size, self.gather = config, rank, world_size, gather
+        super().__init__(config, rank=rank, world_size=world_size, gather=gather)
 
     def forward(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         config = self.config

@@ -9,46 +9,20 @@ on those scores, both directions, negatives from every worker. ``diversity: dpp`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from brainvlp.losses.base import (
-    LOSSES,
-    Gather,
-    LogitScale,
-    LossConfig,
-    Temperature,
-    no_gather,
-    symmetric_infonce,
-)
-from brainvlp.losses.brat import Diversity, diversity_terms
+from brainvlp.losses.base import Gather, LogitScale, Loss, no_gather, symmetric_infonce
+from brainvlp.losses.brat import diversity_terms
+from brainvlp.losses.config import QFormerItcLossConfig
 from brainvlp.losses.scoring import pair_scores
-from brainvlp.spec import NonNegativeFloat
 
 
-@dataclass
-class QFormerItcLossConfig(LossConfig):
-    name: str = "qformer_itc"
-    temperature: Temperature = 0.1
-    learnable_temperature: bool = True
-    diversity: Diversity = "none"
-    diversity_weight: NonNegativeFloat = 1.0
-    dpp_eps: NonNegativeFloat = 1e-6
-
-
-@LOSSES.register("qformer_itc", config=QFormerItcLossConfig)
-class QFormerItcLoss(nn.Module):
-    scoring = "max_query"
-    inputs = frozenset({"views", "report"})
-
+class QFormerItcLoss(Loss):
     def __init__(
         self, config: QFormerItcLossConfig, *, rank: int = 0, world_size: int = 1, gather: Gather = no_gather
     ) -> None:
-        super().__init__()
-        self.config, self.rank, self.gather = config, rank, gather
+        super().__init__(config, rank=rank, world_size=world_size, gather=gather)
         self.scale = LogitScale(config.temperature, learnable=config.learnable_temperature)
 
     def forward(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

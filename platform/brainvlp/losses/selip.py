@@ -19,35 +19,20 @@ no target and only train L_clip.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from brainvlp.losses.base import (
-    LOSSES,
     Gather,
     LogitScale,
-    LossConfig,
-    Temperature,
+    Loss,
     cross_modal_similarities,
     no_gather,
     symmetric_infonce,
 )
-from brainvlp.spec import NonNegativeFloat, PositiveInt
+from brainvlp.losses.config import SelipLossConfig
 
 CLAUSE_KEYS = ("clause_words", "clause_site", "clause_appearance", "clause_mask")
-
-
-@dataclass
-class SelipLossConfig(LossConfig):
-    name: str = "selip"
-    temperature: Temperature = 0.07  # initial; learnable as in CLIP
-    clip_weight: NonNegativeFloat = 1.0  # alpha
-    similarity_weight: NonNegativeFloat = 1.0  # beta
-    max_clauses: PositiveInt = 16  # padding for the cross-worker gather; more is an error, not a truncation
-    max_words: PositiveInt = 32
 
 
 def clause_similarity(
@@ -98,16 +83,11 @@ def _extent(used: torch.Tensor) -> int:
     return int(used.nonzero().max()) + 1 if used.any() else 1
 
 
-@LOSSES.register("selip", config=SelipLossConfig)
-class SelipLoss(nn.Module):
-    scoring = "dot"
-    inputs = frozenset({"global", "clauses"})
-
+class SelipLoss(Loss):
     def __init__(
         self, config: SelipLossConfig, *, rank: int = 0, world_size: int = 1, gather: Gather = no_gather
     ) -> None:
-        super().__init__()
-        self.config, self.rank, self.world_size, self.gather = config, rank, world_size, gather
+        super().__init__(config, rank=rank, world_size=world_size, gather=gather)
         self.scale = LogitScale(config.temperature)
 
     def gathered_clauses(self, outputs: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], ...]:

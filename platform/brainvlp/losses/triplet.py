@@ -25,28 +25,11 @@ saying what keeps them from collapsing to 0, so here they are fixed weights (sea
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated
-
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from brainvlp.losses.base import LOSSES, Gather, LossConfig, no_gather
-from brainvlp.spec import NonNegativeFloat, PositiveInt, Range
-
-
-@dataclass
-class TripletLossConfig(LossConfig):
-    name: str = "triplet"
-    margin: NonNegativeFloat = 0.25
-    candidates: PositiveInt = 2  # random negatives per anchor, the nearest kept; >= G - 1: hard negatives
-    location_weight: bool = True  # Eq. 1; false reproduces the reference code (w = 1)
-    same_location_coefficient: Annotated[float, Range(gt=0, le=1)] = 0.5  # the paper's c
-    global_weight: NonNegativeFloat = 1.0  # alpha of Eq. 3
-    local_weight: NonNegativeFloat = 0.0  # beta of Eq. 3; > 0 needs model.local
-    local_margin: NonNegativeFloat = 0.4  # the reference code's margin for the local term
-    max_tokens: PositiveInt = 256  # report tokens the local term pads to (ingest's report.max_tokens)
+from brainvlp.losses.base import Gather, Loss, no_gather
+from brainvlp.losses.config import TripletLossConfig
 
 
 def candidate_mask(
@@ -79,16 +62,11 @@ def semi_hard_triplet(
     return F.relu(positive_dist_B - weight_B * negative_dist_B + margin).mean()
 
 
-@LOSSES.register("triplet", config=TripletLossConfig)
-class TripletLoss(nn.Module):
-    scoring = "dot"
-
+class TripletLoss(Loss):
     def __init__(
         self, config: TripletLossConfig, *, rank: int = 0, world_size: int = 1, gather: Gather = no_gather
     ) -> None:
-        super().__init__()
-        self.config, self.rank, self.gather = config, rank, gather
-        self.inputs = frozenset({"global", "location"} | ({"local"} if config.local_weight > 0 else set()))
+        super().__init__(config, rank=rank, world_size=world_size, gather=gather)
         self.generator: torch.Generator | None = None  # tests fix the candidate draw; training uses torch's
 
     def forward(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

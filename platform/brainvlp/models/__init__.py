@@ -1,17 +1,8 @@
-"""Models: single-device math only (no ray, deepspeed or torch.distributed imports here)."""
+"""Models: single-device math only (no ray, deepspeed or torch.distributed imports here).
 
-from brainvlp.models import densenet, resnet, resnet_attention, unet_encoder, vit
-from brainvlp.models.base import VISION, VisionConfig
-from brainvlp.models.dual_encoder import DualEncoder, ModelConfig
+Their configs live in ``brainvlp.models.config`` (torch-free); the package itself imports nothing.
 
-__all__ = [
-    "VISION",
-    "DualEncoder",
-    "ModelConfig",
-    "VisionConfig",
-    "densenet",
-    "resnet",
-    "resnet_attention",
-    "unet_encoder",
-    "vit",
-]
+A vision backbone maps ``volume_BCDHW`` to a token map ``tokens_BPF`` (its last feature map, flattened: B
+batch, C input channels (sequences), D/H/W volume axes, P spatial positions, F feature width) and exposes
+``out_dim`` (F). Pooling and projection happen in the model that owns the backbone.
+"""

@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from brainvlp.models.base import VISION, VisionConfig
+from brainvlp.models.config import VISION, VisionConfig
 
 
 class Classifier(nn.Module):

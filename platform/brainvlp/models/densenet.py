@@ -6,28 +6,15 @@ Shape legend: B batch, C channels, D/H/W volume axes, P positions, F width (1024
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from brainvlp.models.base import VISION, VisionConfig
+from brainvlp.models.config import DenseNetConfig
 from brainvlp.models.resnet import checkpointed
-from brainvlp.spec import PositiveInt
 
 
-@dataclass
-class DenseNetConfig(VisionConfig):
-    name: str = "densenet121"
-    init_features: PositiveInt = 64
-    growth_rate: PositiveInt = 32
-    block_config: tuple[PositiveInt, PositiveInt, PositiveInt, PositiveInt] = (6, 12, 24, 16)
-    # brat's reference averages the last feature map over depth before flattening it into tokens.
-    average_depth: bool = False
-
-
-@VISION.register("densenet121", config=DenseNetConfig)
 class DenseNetBackbone(nn.Module):
     def __init__(self, config: DenseNetConfig, *, in_channels: int) -> None:
         super().__init__()

@@ -15,37 +15,17 @@ from __future__ import annotations
 
 import functools
 import types
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from brainvlp.models.base import VISION, VisionConfig
-from brainvlp.models.local_align import LocalAlignConfig, LocalAlignment
-from brainvlp.models.qformer import QFormer, QFormerConfig, enable_layer_checkpointing
-from brainvlp.models.resnet import ResNetConfig, checkpointed
-from brainvlp.models.text import TextConfig, TextEncoder
-from brainvlp.spec import DropoutFloat, PositiveInt
-
-
-@dataclass
-class ModelConfig:
-    vision: VisionConfig = field(default_factory=ResNetConfig)
-    text: TextConfig = field(default_factory=TextConfig)
-    embed_dim: PositiveInt = 128
-    proj_hidden: PositiveInt | None = 256  # None: a linear projection; else Linear-ReLU-Linear (ConVIRT)
-    # "flatten" keeps where a finding is (the whole last feature map feeds the head); "mean" pools it away.
-    image_pool: Literal["mean", "flatten"] = "mean"
-    # Separate rates: features of a frozen text encoder differ little between templated reports, and
-    # dropout on them drowns those differences, while the image head needs it against overfitting.
-    image_dropout: DropoutFloat = 0.0
-    text_dropout: DropoutFloat = 0.0
-    qformer: QFormerConfig | None = None  # set for brat, qformer_itc and their ablations
-    local: LocalAlignConfig | None = None  # set for the pLGG triplet loss's local term
-    # Recompute backbone stages and transformer layers in backward: less activation memory, ~1/3 more compute.
-    activation_checkpointing: bool = False
+from brainvlp.models.config import VISION, ModelConfig
+from brainvlp.models.local_align import LocalAlignment
+from brainvlp.models.qformer import QFormer, enable_layer_checkpointing
+from brainvlp.models.resnet import checkpointed
+from brainvlp.models.text import TextEncoder
 
 
 def projection(in_dim: int, hidden: int | None, out_dim: int, dropout: float) -> nn.Module:

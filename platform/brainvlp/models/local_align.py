@@ -15,23 +15,10 @@ token map, the same features every other method reads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from brainvlp.spec import DropoutFloat, PositiveInt, SpecError
-
-
-@dataclass
-class LocalAlignConfig:
-    dim: PositiveInt = 128  # E: the projected local width both attention modules work in
-    num_heads: PositiveInt = 1
-    dropout: DropoutFloat = 0.0
-
-    def validate(self, path: str) -> None:
-        if self.dim % self.num_heads:  # nn.MultiheadAttention splits the width evenly over the heads
-            raise SpecError(f"{path}.num_heads", f"must divide dim {self.dim}, found {self.num_heads}")
+from brainvlp.models.config import LocalAlignConfig
 
 
 class LocalAlignment(nn.Module):

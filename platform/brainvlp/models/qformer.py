@@ -20,28 +20,17 @@ Attention dropout defaults to 0: with dropout the returned maps are no longer di
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from brainvlp.spec import DropoutFloat, PositiveInt
+from brainvlp.models.config import QFormerConfig
 
 if TYPE_CHECKING:  # imported where used: transformers costs most of a second to import
     from transformers import PreTrainedModel
 
 
-@dataclass
-class QFormerConfig:
-    num_queries: PositiveInt = 32
-    cross_attention_every: PositiveInt = 2  # layers between cross-attentions to the image (a modulo)
-    num_layers: PositiveInt | None = None  # None: as many as the text encoder has
-    init_from_text: bool = True
-    attention_dropout: DropoutFloat = 0.0
-
-
-# BERT key -> Q-Former keys. The feed-forward block is copied twice: queries and text have their own.
 _BERT_TO_QFORMER = (
     (r"embeddings\.word_embeddings\.(.*)", ("word_embeddings.{}",)),
     (r"embeddings\.position_embeddings\.(.*)", ("position_embeddings.{}",)),

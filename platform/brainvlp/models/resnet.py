@@ -11,26 +11,13 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from brainvlp.models.base import VISION, VisionConfig
-from brainvlp.spec import PositiveInt
-
-
-@dataclass
-class ResNetConfig(VisionConfig):
-    name: str = "resnet"
-    block: Literal["basic", "bottleneck"] = "basic"
-    # ResNet-18; ResNet-50 is bottleneck (3, 4, 6, 3). MONAI builds one block for a 0, so 0 is refused.
-    layers: tuple[PositiveInt, PositiveInt, PositiveInt, PositiveInt] = (2, 2, 2, 2)
-    widths: tuple[PositiveInt, PositiveInt, PositiveInt, PositiveInt] = (64, 128, 256, 512)
-    stem_stride: PositiveInt = 2
-    max_pool: bool = True
+from brainvlp.models.config import ResNetConfig
 
 
 def checkpointed(module: nn.Module, *args: Any, run: Callable[..., Any] | None = None) -> Any:
@@ -68,7 +55,6 @@ def _frozen_norm_statistics(module: nn.Module) -> Iterator[None]:
             norm.num_batches_tracked.copy_(count)
 
 
-@VISION.register("resnet", config=ResNetConfig)
 class ResNetBackbone(nn.Module):
     def __init__(self, config: ResNetConfig, *, in_channels: int) -> None:
         super().__init__()

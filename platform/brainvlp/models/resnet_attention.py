@@ -11,30 +11,13 @@ F width of the last stage.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from brainvlp.models.base import VISION
-from brainvlp.models.resnet import ResNetBackbone, ResNetConfig
-from brainvlp.spec import PositiveInt, SpecError
+from brainvlp.models.config import ResNetAttentionConfig
+from brainvlp.models.resnet import ResNetBackbone
 
 
-@dataclass
-class ResNetAttentionConfig(ResNetConfig):
-    name: str = "resnet_attention"
-    num_heads: PositiveInt = 8  # 64 channels per head on ResNet-18's 512-wide last stage
-
-    def validate(self, path: str) -> None:
-        width = self.widths[-1] * (4 if self.block == "bottleneck" else 1)
-        if width % self.num_heads:
-            raise SpecError(
-                f"{path}.num_heads", f"must divide the last stage's width {width}, found {self.num_heads}"
-            )
-
-
-@VISION.register("resnet_attention", config=ResNetAttentionConfig)
 class ResNetAttentionBackbone(nn.Module):
     """Token map ``B x P x F`` of a ResNet whose last stage is followed by self-attention.
 

@@ -14,8 +14,7 @@ in-code tokenizer, for tests).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -23,26 +22,8 @@ from torch import nn
 if TYPE_CHECKING:  # imported where used: transformers costs most of a second to import
     from transformers import BertModel
 
-from brainvlp.data.reports import SECTION_KEYS
 from brainvlp.data.tokenizers import load_tokenizer, resolve_model_path
-from brainvlp.spec import SpecError
-
-
-@dataclass
-class TextConfig:
-    path: str = "builtin:minilm"
-    pooling: Literal["mean", "cls"] = "mean"
-    freeze: bool = False  # a frozen encoder runs in eval mode and its features can be cached per study
-    # Encode these sections separately; the report embedding is the mean of their projected embeddings.
-    sections: tuple[str, ...] = ()
-
-    def validate(self, path: str) -> None:
-        self.sections = tuple(self.sections)  # YAML gives lists
-        unknown = [name for name in self.sections if name not in SECTION_KEYS]
-        if unknown:
-            raise SpecError(f"{path}.sections", f"{unknown} not among the report sections {SECTION_KEYS}")
-        if len(set(self.sections)) != len(self.sections):
-            raise SpecError(f"{path}.sections", f"names a section twice: {list(self.sections)}")
+from brainvlp.models.config import TextConfig
 
 
 def _tiny_bert() -> BertModel:

@@ -13,32 +13,17 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from brainvlp.models.base import VISION, VisionConfig
-from brainvlp.spec import DropoutFloat, PositiveInt, SpecError
+from brainvlp.models.config import UNetEncoderConfig
 
 # BasicUNet's defaults.
 ACT = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True})
 NORM = ("instance", {"affine": True})
 
 
-@dataclass
-class UNetEncoderConfig(VisionConfig):
-    name: str = "unet_encoder"
-    # Channels per level; every level after the first halves each axis (5 levels: 16x downsampling).
-    channels: tuple[PositiveInt, ...] = (16, 32, 64, 128, 256)
-    dropout: DropoutFloat = 0.0
-
-    def validate(self, path: str) -> None:
-        if not self.channels:
-            raise SpecError(f"{path}.channels", "needs one or more widths")
-
-
-@VISION.register("unet_encoder", config=UNetEncoderConfig)
 class UNetEncoderBackbone(nn.Module):
     def __init__(self, config: UNetEncoderConfig, *, in_channels: int) -> None:
         super().__init__()

@@ -14,45 +14,11 @@ from __future__ import annotations
 
 import functools
 import warnings
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from brainvlp.models.base import VISION, VisionConfig
-from brainvlp.spec import DropoutFloat, PositiveInt, SpecError
-
-
-@dataclass
-class ViTConfig(VisionConfig):
-    """ViT-B defaults (Dosovitskiy et al.); tests and CPU runs shrink every width."""
-
-    name: str = "vit"
-    # One size for all axes, or (D, H, W).
-    patch_size: PositiveInt | tuple[PositiveInt, PositiveInt, PositiveInt] = 16
-    hidden_size: PositiveInt = 768
-    num_layers: PositiveInt = 12
-    num_heads: PositiveInt = 12
-    mlp_dim: PositiveInt = 3072
-    qkv_bias: bool = False  # MONAI ViT's default
-    dropout: DropoutFloat = 0.0
-
-    @property
-    def patch_dhw(self) -> tuple[int, int, int]:
-        size = self.patch_size
-        return (size, size, size) if isinstance(size, int) else tuple(size)
-
-    def validate(self, path: str) -> None:
-        if self.hidden_size % self.num_heads:
-            raise SpecError(
-                f"{path}.hidden_size",
-                f"must be divisible by num_heads ({self.num_heads}), found {self.hidden_size}",
-            )
-        if self.hidden_size % 6:  # sin and cos of each of the three axes share the width
-            raise SpecError(
-                f"{path}.hidden_size",
-                f"3D sin-cos positions need a multiple of 6, found {self.hidden_size}",
-            )
+from brainvlp.models.config import ViTConfig
 
 
 @functools.lru_cache(maxsize=8)
@@ -78,7 +44,6 @@ def patch_grid(shape_dhw: tuple[int, ...], patch_dhw: tuple[int, int, int]) -> t
     return tuple(size // patch for size, patch in zip(shape_dhw, patch_dhw, strict=True))
 
 
-@VISION.register("vit", config=ViTConfig)
 class ViTBackbone(nn.Module):
     """Patch tokens after the final norm (no CLS token: pooling is the owning model's job)."""
 

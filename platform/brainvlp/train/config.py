@@ -1,11 +1,15 @@
-"""Typed sections of a pretrain spec: data, training schedule, DeepSpeed, augmentation."""
+"""The ``kind: pretrain`` spec and its sections: data, model, loss, training schedule, DeepSpeed,
+augmentation, tracking; and the checks of a spec against the shards it will read."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+from brainvlp.losses.config import ClipLossConfig, LossConfig
+from brainvlp.models.config import ModelConfig
 from brainvlp.spec import (
+    JobSpec,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
@@ -14,6 +18,7 @@ from brainvlp.spec import (
     Seed,
     SpecError,
 )
+from brainvlp.train.tracking import TrackingConfig
 
 
 @dataclass
@@ -103,3 +108,46 @@ class DeepSpeedConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     grad_clip: NonNegativeFloat = 1.0  # 0: no clipping
     gradient_accumulation_steps: PositiveInt = 1  # micro-batches per optimizer step
+
+
+@dataclass
+class PretrainSpec(JobSpec):
+    kind: Literal["pretrain"] = "pretrain"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=ClipLossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def validate(self, path: str) -> None:
+        if not path and self.data.shards is None:  # run on its own: no pipeline step will provide them
+            raise SpecError("data.shards", "required: the output directory of an ingest job")
+        inputs = self.loss.inputs
+        if "sections" in inputs and len(self.model.text.sections) != 2:
+            raise SpecError(
+                f"{path}.model.text.sections".lstrip("."),
+                f"loss {self.loss.name!r} contrasts two report sections; set e.g. [findings, impression], "
+                f"found {list(self.model.text.sections)}",
+            )
+        if "local" in inputs and self.model.local is None:
+            message = f"loss {self.loss.name!r} has a local term (local_weight > 0); set model.local"
+            raise SpecError(f"{path}.model.local".lstrip("."), message)
+        if inputs & {"views", "itg"} and self.model.qformer is None:
+            message = f"loss {self.loss.name!r} needs a Q-Former; set model.qformer"
+            raise SpecError(f"{path}.model.qformer".lstrip("."), message)
+
+
+def check_against_shards(spec: PretrainSpec, index: dict[str, Any]) -> None:
+    """Errors a run would otherwise hit inside a worker, raised before any worker starts."""
+    if index["tokenizer"] != spec.model.text.path:
+        raise SpecError(
+            "model.text.path",
+            f"{spec.model.text.path!r} differs from the tokenizer the shards were made with "
+            f"({index['tokenizer']!r}); re-ingest or use the same text encoder",
+        )
+    if spec.train.eval_every and not index["splits"].get(spec.data.dev_split):
+        raise SpecError("data.dev_split", f"no {spec.data.dev_split!r} studies in the shards to evaluate on")
+    rows = index["splits"].get(spec.data.train_split, 0)
+    if rows < spec.train.batch_size:
+        raise SpecError("train.batch_size", f"{spec.train.batch_size} exceeds the {rows} training studies")

@@ -7,15 +7,13 @@ the whole (unsplit) dev split, so gathering would only repeat the same batch.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from brainvlp.evaluate.retrieval import retrieval_metrics_from_scores
-from brainvlp.losses import total_loss
-from brainvlp.losses.base import no_gather
+from brainvlp.losses.base import total_loss
 from brainvlp.losses.scoring import NEEDS, concat, score_matrix
 from brainvlp.train.task import IMAGE_KEYS, TEXT_KEYS, PretrainTask, to_device
 
@@ -28,7 +26,7 @@ def evaluate_dev(
     task.eval()
     scoring = task.loss.scoring
     images, texts, loss_sum, rows = [], [], 0.0, 0
-    with torch.no_grad(), _on_one_worker(task.loss):
+    with torch.no_grad(), task.loss.single_process():
         for batch in dev_shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate_fn):
             out = task.represent(to_device(batch, device), NEEDS[scoring] | task.loss.inputs)
             out = {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
@@ -41,14 +39,3 @@ def evaluate_dev(
     metrics = retrieval_metrics_from_scores(score_matrix(scoring, concat(images), concat(texts)))
     t2i, i2t = metrics["text_to_image"]["R@5"], metrics["image_to_text"]["R@5"]
     return {"dev_t2i_R@5": t2i, "dev_i2t_R@5": i2t, "dev_R@5": (t2i + i2t) / 2, "dev_loss": loss_sum / rows}
-
-
-@contextlib.contextmanager
-def _on_one_worker(loss: torch.nn.Module) -> Iterator[None]:
-    """The loss as on a single worker (rank 0, no gather) for the duration."""
-    saved = (loss.rank, loss.gather, getattr(loss, "world_size", 1))
-    loss.rank, loss.gather, loss.world_size = 0, no_gather, 1
-    try:
-        yield
-    finally:
-        loss.rank, loss.gather, loss.world_size = saved

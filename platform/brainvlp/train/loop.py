@@ -18,12 +18,12 @@ import torch
 from brainvlp.data.sampler import SamplerStats, unique_report_batches
 from brainvlp.distributed import gather_features
 from brainvlp.export import save_export
-from brainvlp.losses import LOSSES
-from brainvlp.models import DualEncoder
+from brainvlp.losses.config import LOSSES
+from brainvlp.models.dual_encoder import DualEncoder
 from brainvlp.spec import parse, to_plain
 from brainvlp.train.batches import ArrowCollate
 from brainvlp.train.checkpointing import BestWeights, RunState, restore, save_checkpoint, seed_step
-from brainvlp.train.config import TrainConfig
+from brainvlp.train.config import PretrainSpec, TrainConfig
 from brainvlp.train.dev_eval import evaluate_dev
 from brainvlp.train.engine import Engine
 from brainvlp.train.shuffle import shuffled_torch_batches
@@ -50,9 +50,7 @@ def total_steps(train: TrainConfig, train_rows: int) -> int:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    from brainvlp.train.trainer import PretrainSpec  # the spec travels as plain data and is re-validated
-
-    spec = parse(PretrainSpec, config["spec"])
+    spec = parse(PretrainSpec, config["spec"])  # the spec travels as plain data and is re-validated
     index, context = config["index"], ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     if spec.train.threads_per_worker:
@@ -181,7 +179,7 @@ def _export_meta(spec: Any, index: dict[str, Any], step: int, selected: str) -> 
         "tokenizer": index["tokenizer"],
         "pad_token_id": index["pad_token_id"],
         "sequences": index["sequences"],
-        "scoring": LOSSES.build(spec.loss).scoring,  # how retrieval must score image-report pairs
+        "scoring": spec.loss.scoring,  # how retrieval must score image-report pairs
         "step": step,
         "selected": selected,
     }

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from brainvlp.data.reports import SECTION_KEYS
-from brainvlp.losses import total_loss
+from brainvlp.losses.base import total_loss
 from brainvlp.losses.scoring import pad_sentences
 from brainvlp.losses.selip import CLAUSE_KEYS
-from brainvlp.models import DualEncoder
+from brainvlp.models.dual_encoder import DualEncoder
 from brainvlp.models.text import section_tokens
 from brainvlp.train.config import AugmentConfig
 

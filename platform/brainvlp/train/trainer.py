@@ -7,9 +7,8 @@ import json
 import logging
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import ray
 import ray.data
@@ -17,62 +16,13 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from brainvlp.data.shards import read_index, split_files
-from brainvlp.losses import LOSSES, LossConfig
-from brainvlp.losses.clip import ClipLossConfig
-from brainvlp.models import ModelConfig
 from brainvlp.spec import SpecError, to_plain
 from brainvlp.train.batches import BATCH_COLUMNS
-from brainvlp.train.config import DataConfig, DeepSpeedConfig, TrainConfig
+from brainvlp.train.config import PretrainSpec, check_against_shards
 from brainvlp.train.engine import deepspeed_config
 from brainvlp.train.loop import total_steps, train_loop_per_worker
-from brainvlp.train.tracking import TrackingConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PretrainSpec:
-    kind: Literal["pretrain"] = "pretrain"
-    run_name: str | None = None
-    output_root: str = "runs"
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=ClipLossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-
-    def validate(self, path: str) -> None:
-        if not path and self.data.shards is None:  # run on its own: no pipeline step will provide them
-            raise SpecError("data.shards", "required: the output directory of an ingest job")
-        inputs = LOSSES.build(self.loss).inputs
-        if "sections" in inputs and len(self.model.text.sections) != 2:
-            raise SpecError(
-                f"{path}.model.text.sections".lstrip("."),
-                f"loss {self.loss.name!r} contrasts two report sections; set e.g. [findings, impression], "
-                f"found {list(self.model.text.sections)}",
-            )
-        if "local" in inputs and self.model.local is None:
-            message = f"loss {self.loss.name!r} has a local term (local_weight > 0); set model.local"
-            raise SpecError(f"{path}.model.local".lstrip("."), message)
-        if inputs & {"views", "itg"} and self.model.qformer is None:
-            message = f"loss {self.loss.name!r} needs a Q-Former; set model.qformer"
-            raise SpecError(f"{path}.model.qformer".lstrip("."), message)
-
-
-def check_against_shards(spec: PretrainSpec, index: dict[str, Any]) -> None:
-    """Errors a run would otherwise hit inside a worker, raised before any worker starts."""
-    if index["tokenizer"] != spec.model.text.path:
-        raise SpecError(
-            "model.text.path",
-            f"{spec.model.text.path!r} differs from the tokenizer the shards were made with "
-            f"({index['tokenizer']!r}); re-ingest or use the same text encoder",
-        )
-    if spec.train.eval_every and not index["splits"].get(spec.data.dev_split):
-        raise SpecError("data.dev_split", f"no {spec.data.dev_split!r} studies in the shards to evaluate on")
-    rows = index["splits"].get(spec.data.train_split, 0)
-    if rows < spec.train.batch_size:
-        raise SpecError("train.batch_size", f"{spec.train.batch_size} exceeds the {rows} training studies")
 
 
 def _read_settings() -> ray.data.DataContext:

@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from brainvlp.spec import parse, to_plain
+from brainvlp.train.config import PretrainSpec
 from brainvlp.train.loop import total_steps
-from brainvlp.train.trainer import PretrainSpec
 from brainvlp.tune.report import TrialRecord, rank_trials, write_tune_report
 from brainvlp.tune.space import apply_params, distributions
 
 if TYPE_CHECKING:
     from ray.tune import ResultGrid
 
-    from brainvlp.tune.job import TuneSpec
+    from brainvlp.tune.config import TuneSpec
 
 
 def trial_dirname(trial: Any) -> str:
