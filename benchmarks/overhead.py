@@ -142,8 +142,8 @@ def engine_step(section: dict[str, Any], batch: dict[str, Any], total_steps: int
     periodic ``ray.train.report``)."""
     import ray.train
 
+    from brainvlp.embed import to_device
     from brainvlp.train.engine import Engine
-    from brainvlp.train.task import to_device
 
     task, spec = build_task(section)
     micro_batch = spec.train.batch_size // ray.train.get_context().get_world_size()

@@ -65,8 +65,8 @@ import pyarrow.parquet as pq
 import torch
 
 import _shards  # beside this script, which Python puts first on sys.path
+from brainvlp.data.batches import BATCH_COLUMNS, ArrowCollate, collate
 from brainvlp.data.shards import decode_volumes, volume_views
-from brainvlp.train.batches import BATCH_COLUMNS, ArrowCollate, collate
 from brainvlp.train.shuffle import shuffled_torch_batches
 
 TARGET_RAW = 0.8  # Ray path / (a)

@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from brainvlp.data.batches import collate
 from brainvlp.data.sampler import SamplerStats, report_key, unique_report_batches
-from brainvlp.train.batches import collate
 
 
 def ray_batches(reports: list[int], rows_per_batch: int) -> Iterator[dict[str, np.ndarray]]:

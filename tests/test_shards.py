@@ -68,7 +68,7 @@ def test_arrow_collate_matches_the_numpy_collate(tmp_path: Path) -> None:
     """The training loop's Arrow collate gives the same tensors as ``collate`` on Ray's numpy batch."""
     import torch
 
-    from brainvlp.train.batches import BATCH_COLUMNS, ArrowCollate, collate
+    from brainvlp.data.batches import BATCH_COLUMNS, ArrowCollate, collate
 
     rng = np.random.default_rng(2)
     rows = [shard_row(f"s{i}", rng.integers(0, 800, size=(1, 2, 3, 4), dtype=np.int16)) for i in range(4)]

@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from brainvlp.data.batches import BATCH_COLUMNS, ArrowCollate
 from brainvlp.data.shards import SCHEMA, volume_views, write_table_atomic
-from brainvlp.train.batches import BATCH_COLUMNS, ArrowCollate
 from brainvlp.train.shuffle import prefetched, shuffled_batches, shuffled_torch_batches
 from test_shards import shard_row
 

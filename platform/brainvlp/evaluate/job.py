@@ -18,7 +18,9 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
+from brainvlp.data.batches import BATCH_COLUMNS, collate
 from brainvlp.data.shards import decode_volumes, read_index, split_files
+from brainvlp.embed import IMAGE_KEYS, TEXT_KEYS, Embedder, to_device
 from brainvlp.evaluate.compare import write_comparison_report
 from brainvlp.evaluate.config import EvaluateSpec
 from brainvlp.evaluate.report import format_retrieval_table
@@ -31,8 +33,6 @@ from brainvlp.export import load_export
 from brainvlp.findings import positive_findings
 from brainvlp.losses.scoring import NEEDS, concat, score_matrix
 from brainvlp.spec import SpecError
-from brainvlp.train.batches import BATCH_COLUMNS, collate
-from brainvlp.train.task import IMAGE_KEYS, TEXT_KEYS, PretrainTask, to_device
 
 
 @ray.remote(num_cpus=1)
@@ -42,7 +42,7 @@ def score_split(model_dir: str, files: list[str], batch_size: int) -> dict[str, 
     model, meta = load_export(model_dir)
     scoring = meta.get("scoring", "dot")  # exports from before scorings were recorded are dot-product
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a GPU only if Ray gave one
-    task = PretrainTask(model, loss=None, scale_max=meta["scale_max"], augment=None).eval().to(device)
+    embedder = Embedder(model, scale_max=meta["scale_max"]).eval().to(device)
     images, texts, views, attention = [], [], [], []
     with torch.no_grad():
         for path in files:
@@ -52,7 +52,7 @@ def score_split(model_dir: str, files: list[str], batch_size: int) -> dict[str, 
                     name: batch.column(name).to_numpy(zero_copy_only=False) for name in BATCH_COLUMNS
                 }
                 batch_on_device = to_device(collate(numpy_batch, pad_id=meta["pad_token_id"]), device)
-                out = {k: v.cpu() for k, v in task.represent(batch_on_device, NEEDS[scoring]).items()}
+                out = {k: v.cpu() for k, v in embedder.represent(batch_on_device, NEEDS[scoring]).items()}
                 images.append({k: out[k].float() for k in IMAGE_KEYS if k in out})
                 texts.append({k: out[k] for k in TEXT_KEYS if k in out})
                 if "views" in out:

@@ -12,10 +12,11 @@ from typing import Any
 
 import torch
 
+from brainvlp.embed import IMAGE_KEYS, TEXT_KEYS, to_device
 from brainvlp.evaluate.retrieval import retrieval_metrics_from_scores
 from brainvlp.losses.base import total_loss
 from brainvlp.losses.scoring import NEEDS, concat, score_matrix
-from brainvlp.train.task import IMAGE_KEYS, TEXT_KEYS, PretrainTask, to_device
+from brainvlp.train.task import PretrainTask
 
 
 def evaluate_dev(

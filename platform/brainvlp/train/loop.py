@@ -15,19 +15,20 @@ from typing import Any
 import ray.train
 import torch
 
+from brainvlp.data.batches import ArrowCollate
 from brainvlp.data.sampler import SamplerStats, unique_report_batches
 from brainvlp.distributed import gather_features
+from brainvlp.embed import to_device
 from brainvlp.export import save_export
 from brainvlp.losses.config import LOSSES
 from brainvlp.models.dual_encoder import DualEncoder
 from brainvlp.spec import parse, to_plain
-from brainvlp.train.batches import ArrowCollate
 from brainvlp.train.checkpointing import BestWeights, RunState, restore, save_checkpoint, seed_step
 from brainvlp.train.config import PretrainSpec, TrainConfig
 from brainvlp.train.dev_eval import evaluate_dev
 from brainvlp.train.engine import Engine
 from brainvlp.train.shuffle import shuffled_torch_batches
-from brainvlp.train.task import PretrainTask, build_augment, to_device
+from brainvlp.train.task import PretrainTask, build_augment
 from brainvlp.train.tracking import NullTracker, Tracker
 
 log = logging.getLogger(__name__)

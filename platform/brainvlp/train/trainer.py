@@ -15,9 +15,9 @@ import ray.data
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from brainvlp.data.batches import BATCH_COLUMNS
 from brainvlp.data.shards import read_index, split_files
 from brainvlp.spec import SpecError, to_plain
-from brainvlp.train.batches import BATCH_COLUMNS
 from brainvlp.train.config import PretrainSpec, check_against_shards
 from brainvlp.train.engine import deepspeed_config
 from brainvlp.train.loop import total_steps, train_loop_per_worker

@@ -2,8 +2,8 @@
 
 Shape legend: B batch, S sentences.
 
-Kept apart from ``task.py`` so that the task (the module DeepSpeed wraps) imports no Ray: it runs, and is
-benchmarked on a GPU, as plain PyTorch.
+Kept apart from ``brainvlp.embed`` and ``brainvlp.train.task`` so that the modules DeepSpeed wraps import no
+Ray: they run, and are benchmarked on a GPU, as plain PyTorch.
 """
 
 from __future__ import annotations
