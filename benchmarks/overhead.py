@@ -33,19 +33,9 @@ Run: ``python benchmarks/overhead.py [--rounds 10] [--per-round 2] [--batch 16] 
 
 from __future__ import annotations
 
-import os
+from brainvlp.runtime import use_cpu_local_env
 
-for _key, _value in {
-    "DS_ACCELERATOR": "cpu",
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
-    "RAY_DEDUP_LOGS": "0",
-    "RAY_usage_stats_enabled": "0",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}.items():
-    os.environ.setdefault(_key, _value)
+use_cpu_local_env()
 
 import argparse  # noqa: E402  (the environment above must be set before ray and deepspeed load)
 import json  # noqa: E402

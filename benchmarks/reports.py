@@ -20,7 +20,7 @@ import argparse
 import time
 
 from brainvlp.data.reports import ReportConfig, _segmenter, iter_sentences, prepare_report
-from brainvlp.data.tokenizers import load_tokenizer
+from brainvlp.tokenization import load_tokenizer
 
 SENTENCE = "Finding {i} is a 2.3 x 1.8 cm lesion in the left frontal lobe, e.g. stable vs. prior. "
 

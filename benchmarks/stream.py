@@ -73,13 +73,6 @@ TARGET_RAW = 0.8  # Ray path / (a)
 TARGET_NIFTI = 2.0  # Ray path / (c)
 NUM_WORKERS = 2
 GLOBAL_BATCH = 32
-QUIET_RAY = {
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
-    "RAY_DEDUP_LOGS": "0",
-    "RAY_usage_stats_enabled": "0",
-    "RAY_AUTH_MODE": "disabled",
-    "DS_ACCELERATOR": "cpu",
-}
 
 
 @dataclass(frozen=True)
@@ -369,9 +362,9 @@ def start_ray(cpus: int) -> None:
     """An embedded Ray of ``cpus`` CPUs, quiet; the caller shuts it down."""
     import ray
 
-    from brainvlp.runtime import RAYLET_ENV
+    from brainvlp.runtime import CPU_LOCAL_ENV, RAYLET_ENV
 
-    for key, value in {**QUIET_RAY, **RAYLET_ENV}.items():  # the platform's raylet settings
+    for key, value in {**CPU_LOCAL_ENV, **RAYLET_ENV}.items():  # the platform's raylet settings
         os.environ.setdefault(key, value)
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
 

@@ -5,16 +5,12 @@ interpreter, the imports, the spec and input checks), ``--repeats`` times; the f
 time. Cases: the quickstart (valid), and bad specs and inputs that must fail with one stderr line and exit
 status 2. Each row also says whether the case kept that contract (status and line count).
 
-Measured on this project's 2-core CPU machine (quiet), median of 3: the quickstart took 8.0 s before issue
-17's changes, 5.9 s after (MONAI and transformers imported inside the model builders; the process ends
-without the interpreter's ~1 s module teardown when it started nothing). Every bad-spec case takes the
-same ~5.9 s: they all import the job modules, which define the spec classes. Still over the 2 s target;
-``python -X importtime -c "import brainvlp.runner"`` shows where the rest goes: MONAI via
-``train/task.py`` (~2.3 s, module-level ``from monai import transforms``), torch (~0.85 s), scikit-learn
-via ``data/splits.py`` (~0.75 s), DeepSpeed via ``train/engine.py``, transformers via ``data/reports.py``
-and ``data/tokenizers.py`` (~0.4 s), matplotlib via ``evaluate/plots.py`` (~0.35 s), Ray (~0.5 s).
-With ``train/task.py``'s MONAI import lazy too, the quickstart measured ~4.4 s; under 2 s needs the spec
-classes importable without torch (config classes in torch-free modules).
+Measured on this project's 2-core CPU machine, median of 3: the quickstart took 8.0 s before issue 17's
+changes, 5.9 s with MONAI and transformers imported inside the model builders (and no interpreter teardown
+when nothing started), 2.7-3.1 s with MONAI, DeepSpeed and scikit-learn lazy everywhere, and 0.39 s (0.59 s
+of CPU) once the spec classes moved into torch-free config modules (``docs/architecture.md``): parsing a
+spec imports neither torch, Ray nor MONAI. Every bad-spec case takes 0.36-0.41 s; a missing export takes
+~1.2 s, because checking an export's metadata imports ``brainvlp.export`` (torch).
 
 Run: ``python benchmarks/validate.py [--repeats 3]``.
 """

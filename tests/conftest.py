@@ -12,17 +12,9 @@ from pathlib import Path
 
 import pytest
 
-for _key, _value in {
-    "DS_ACCELERATOR": "cpu",
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
-    "RAY_DEDUP_LOGS": "0",
-    "RAY_usage_stats_enabled": "0",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}.items():
-    os.environ.setdefault(_key, _value)
+from brainvlp.runtime import use_cpu_local_env
+
+use_cpu_local_env()
 
 
 def _tiny_pipeline(tmp_path: Path, *, num_workers: int = 1, epochs: int = 6) -> dict:

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from brainvlp.data.batches import section_ids
-from brainvlp.data.reports import SECTION_KEYS
 from brainvlp.losses.config import LOSSES, ConvirtSectionsLossConfig
 from brainvlp.models.config import ModelConfig, TextConfig
 from brainvlp.models.text import section_tokens
+from brainvlp.sections import SECTION_KEYS
 
 FINDINGS, IMPRESSION = SECTION_KEYS.index("findings"), SECTION_KEYS.index("impression")
 

@@ -23,11 +23,12 @@ from torch import nn
 
 from brainvlp.downstream.config import BootstrapConfig, DownstreamSpec, FitConfig, ModelEntry, ProtocolConfig
 from brainvlp.downstream.fit import RunResult, TaskData, build_classifier, embed_tokens, run_once
+from brainvlp.downstream.folds import patient_folds
 from brainvlp.downstream.job import Run, plan_runs
 from brainvlp.downstream.labels import TaskConfig, TaskLabels, task_labels
 from brainvlp.downstream.report import seed_estimates, summarise
 from brainvlp.downstream.weights import resolve_init
-from brainvlp.evaluate.classification import classification_metrics, patient_folds
+from brainvlp.evaluate.classification import classification_metrics
 from brainvlp.findings import LOCATIONS
 from brainvlp.models.classifier import Classifier, freeze_stages, grad_cam, token_grid
 from brainvlp.models.config import ResNetAttentionConfig, ResNetConfig

@@ -13,15 +13,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brainvlp.data.phantom import (
-    FINDING_COLUMNS,
-    PhantomConfig,
-    assign_studies,
-    generate_phantom,
-    simulate_study,
-)
-from brainvlp.data.phantom_anatomy import REGION_BOXES, load_template
-from brainvlp.data.phantom_reports import LOCATION_WORDS, Lesion, study_findings
 from brainvlp.findings import (
     LESION_COUNT_BUCKETS,
     LOCATIONS,
@@ -32,6 +23,15 @@ from brainvlp.findings import (
     positive_findings,
     study_clauses,
 )
+from brainvlp.phantom.anatomy import REGION_BOXES, load_template
+from brainvlp.phantom.generate import (
+    FINDING_COLUMNS,
+    PhantomConfig,
+    assign_studies,
+    generate_phantom,
+    simulate_study,
+)
+from brainvlp.phantom.reports import LOCATION_WORDS, Lesion, study_findings
 
 CONFIG = PhantomConfig(
     num_studies=12, num_patients=8, shape=(36, 40, 36), lesion_probability=0.7, seed=3, corrupt_studies=2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import warnings
 from pathlib import Path
@@ -101,23 +102,19 @@ def test_label_efficiency(tmp_path):
 # --- Training curves ------------------------------------------------------------------------------------
 
 
-def test_training_curves_round_trip(tmp_path):
-    from torch.utils.tensorboard import SummaryWriter
+def _write_history(run_dir, records):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.writelines(json.dumps(record) + "\n" for record in records)
 
+
+def test_training_curves_round_trip(tmp_path):
     written = {"loss": [(s, 2.0 / (s + 1)) for s in range(0, 50, 5)], "dev_R@5": [(10, 0.125), (20, 0.25)]}
-    with SummaryWriter(str(tmp_path / "run" / "tb")) as writer:
-        for tag, points in written.items():
-            for step, value in points:
-                writer.add_scalar(tag, value, step)
-        writer.add_scalar("lr", 1e-3, 0)
-    with SummaryWriter(str(tmp_path / "run" / "tb" / "worker1")) as writer:  # found recursively
-        writer.add_scalar("grad_norm", 3.5, 7)
+    records = [{"step": step, "loss": value, "lr": 1e-3} for step, value in written["loss"]]
+    records += [{"step": step, "dev_R@5": value, "study": "never read"} for step, value in written["dev_R@5"]]
+    _write_history(tmp_path / "run", records)
     curves = read_training_curves(tmp_path / "run")
-    assert set(curves) == {"loss", "dev_R@5", "lr", "grad_norm"}
-    for tag, points in written.items():
-        assert [step for step, _ in curves[tag]] == [step for step, _ in points]
-        assert [value for _, value in curves[tag]] == pytest.approx([value for _, value in points], rel=1e-6)
-    assert curves["grad_norm"] == [(7, 3.5)]
+    assert curves == {tag: sorted(points) for tag, points in written.items()}
 
     path = plot_training_curves(
         {"brat": curves, "convirt": {"loss": written["loss"][::2]}}, tmp_path / "t.png"
@@ -127,13 +124,9 @@ def test_training_curves_round_trip(tmp_path):
 
 
 def test_resumed_run_keeps_the_latest_value_of_a_step(tmp_path):
-    from torch.utils.tensorboard import SummaryWriter
-
-    for attempt, value in enumerate((1.0, 0.5)):  # the second attempt resumed from step 0 and logged it again
-        with SummaryWriter(str(tmp_path), filename_suffix=f".attempt{attempt}") as writer:
-            writer.add_scalar("loss", value, 0)
-            writer.add_scalar("loss", value / 2, 1 + attempt)
-    assert read_training_curves(tmp_path)["loss"] == [(0, 0.5), (1, 0.5), (2, 0.25)]
+    _write_history(tmp_path, [{"step": 0, "loss": 1.0}, {"step": 1, "loss": 0.5}])
+    _write_history(tmp_path, [{"step": 1, "loss": 0.5 / 2}, {"step": 2, "loss": 0.25}])  # resumed at step 0
+    assert read_training_curves(tmp_path)["loss"] == [(0, 1.0), (1, 0.25), (2, 0.25)]
 
 
 def test_training_curves_empty(tmp_path):

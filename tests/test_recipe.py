@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from brainvlp.data.phantom import PhantomConfig, generate_phantom
+from brainvlp.phantom.config import PhantomConfig
+from brainvlp.phantom.generate import generate_phantom
 from brainvlp.pipeline import load_spec
 from brainvlp.runner import run
 

@@ -6,7 +6,7 @@ import pytest
 
 from brainvlp.data.errors import RejectError
 from brainvlp.data.reports import ReportConfig, prepare_report, split_sections, split_sentences
-from brainvlp.data.tokenizers import TINY_VOCAB_SIZE, load_tokenizer, resolve_model_path
+from brainvlp.tokenization import TINY_VOCAB_SIZE, load_tokenizer, resolve_model_path
 
 REPORT = (
     "EXAM: MRI brain with and without contrast\r\n"

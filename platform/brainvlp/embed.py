@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from brainvlp.data.reports import SECTION_KEYS
 from brainvlp.losses.scoring import pad_sentences
 from brainvlp.losses.selip import CLAUSE_KEYS
 from brainvlp.models.dual_encoder import DualEncoder
 from brainvlp.models.text import section_tokens
+from brainvlp.sections import SECTION_KEYS
 
 # Keys of ``Embedder.represent``'s output that describe the image side and the report side.
 IMAGE_KEYS, TEXT_KEYS = ("image_emb", "views"), ("text_emb", "sentences", "sentence_mask")

@@ -276,7 +276,7 @@ def filesystem_of(uri: str) -> tuple[Any, str]:
 def check_model_path(at: str, name: str, what: str) -> None:
     """A text encoder or tokenizer: a ``builtin:`` name, a local directory, or a model in the Hugging Face
     cache (the hub itself is offline on the platform)."""
-    from brainvlp.data.tokenizers import MINILM, TINY
+    from brainvlp.tokenization import MINILM, TINY
 
     if name == TINY:
         return

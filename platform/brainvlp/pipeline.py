@@ -13,24 +13,17 @@ run into ``<run_dir>/pretrain/<name>/``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from brainvlp.data.ingest import IngestSpec
-from brainvlp.data.phantom import PhantomConfig
 from brainvlp.downstream.config import DownstreamSpec
 from brainvlp.evaluate.config import EvaluateSpec
+from brainvlp.phantom.config import PhantomSpec
 from brainvlp.spec import JobSpec, SpecError, apply_overrides, parse, read_yaml
 from brainvlp.train.config import PretrainSpec
 from brainvlp.tune.config import TuneSpec
-
-
-@dataclass
-class PhantomSpec(JobSpec):
-    kind: Literal["phantom"] = "phantom"
-    dataset: PhantomConfig = field(default_factory=PhantomConfig)
-
 
 STEP_KINDS = ("phantom", "ingest", "pretrain", "tune", "downstream", "evaluate")
 

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from brainvlp.pipeline import PhantomSpec, pretrain_steps
+from brainvlp.phantom.config import PhantomSpec
+from brainvlp.pipeline import pretrain_steps
 from brainvlp.spec import dump_resolved
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 def _run_phantom(spec: PhantomSpec, run_dir: Path) -> Any:
     import ray
 
-    from brainvlp.data.phantom import generate_phantom
+    from brainvlp.phantom.generate import generate_phantom
 
     summary = ray.get(ray.remote(num_cpus=1)(generate_phantom).remote(spec.dataset, str(run_dir)))
     print(f"phantom: {summary.num_studies} studies of {summary.num_patients} patients in {run_dir}")

@@ -20,6 +20,25 @@ _EMBEDDED_ENV = {
     "TRANSFORMERS_OFFLINE": "1",
 }
 
+# A single CPU machine's test and benchmark runs: DeepSpeed's CPU accelerator, no token auth for the local
+# Ray, fast Train health checks, every worker's log line kept, no hub access, no tokenizer thread pools.
+CPU_LOCAL_ENV = {
+    "DS_ACCELERATOR": "cpu",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_usage_stats_enabled": "0",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def use_cpu_local_env() -> None:
+    """Default ``CPU_LOCAL_ENV`` (values already set win); call before ray or deepspeed is imported."""
+    for key, value in CPU_LOCAL_ENV.items():
+        os.environ.setdefault(key, value)
+
 
 def init_ray() -> str:
     """Attach to the cluster named by RAY_ADDRESS (set by ``ray job submit``), else start a local Ray."""

@@ -17,9 +17,9 @@ import torch
 from ray.data.collate_fn import ArrowBatchCollateFn
 
 from brainvlp.data.clauses import encode_clauses
-from brainvlp.data.reports import SECTION_KEYS
 from brainvlp.data.shards import decode_volumes, pad_spans, pad_token_ids, volume_views
 from brainvlp.findings import TUMOR_LOCATIONS
+from brainvlp.sections import SECTION_KEYS
 
 BATCH_COLUMNS = [
     "study_id", "volume", "volume_shape", "input_ids", "sentence_spans", "sentence_sections", "findings"

@@ -42,9 +42,9 @@ from brainvlp.data.shards import (
     write_table_atomic,
 )
 from brainvlp.data.splits import SplitConfig, assign_splits, check_no_leakage, pseudonymise
-from brainvlp.data.tokenizers import load_tokenizer
 from brainvlp.errors import InputConflictError
 from brainvlp.spec import PositiveFloat, PositiveInt, SpecError, to_plain
+from brainvlp.tokenization import load_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ import pysbd
 
 from brainvlp.data.errors import RejectError
 from brainvlp.errors import UserError
+from brainvlp.sections import SECTION_ALIASES
 from brainvlp.spec import PositiveInt, Range
 
 if TYPE_CHECKING:  # transformers costs ~0.7 s to import; `brainvlp validate` reads this module's config
@@ -27,30 +28,7 @@ if TYPE_CHECKING:  # transformers costs ~0.7 s to import; `brainvlp validate` re
 
 # Header spellings -> canonical section key. Synonyms fold into one key so that a spec can ask for
 # "impression" whether a site writes IMPRESSION or CONCLUSION.
-_SECTION_ALIASES = {
-    "findings": ("findings", "finding"),
-    "impression": ("impression", "impressions", "conclusion", "conclusions"),
-    "history": (
-        "history",
-        "clinical history",
-        "clinical information",
-        "clinical details",
-        "indication",
-        "indications",
-        "clinical indication",
-        "reason for exam",
-        "reason for examination",
-    ),
-    "technique": ("technique", "protocol", "procedure"),
-    "comparison": ("comparison", "comparisons", "prior studies"),
-    "exam": ("exam", "examination"),
-    "recommendation": ("recommendation", "recommendations"),
-    "addendum": ("addendum",),
-}
-_CANONICAL = {alias: key for key, aliases in _SECTION_ALIASES.items() for alias in aliases}
-# Every section a sentence can come from, in a fixed order: shards store a sentence's section by name and
-# batches carry its index here. "preamble" is text before the first header, "report" a headerless report.
-SECTION_KEYS = (*_SECTION_ALIASES, "preamble", "report")
+_CANONICAL = {alias: key for key, aliases in SECTION_ALIASES.items() for alias in aliases}
 
 
 def _alternation(names: list[str]) -> str:

@@ -16,7 +16,7 @@ A shard directory holds:
   mask           binary (nullable)      uint8 D x H x W lesion mask on the volume's grid
   input_ids      list<int32>            the whole report tokenised once, [CLS] ... [SEP]
   sentence_spans list<list<int32>>      per sentence, [start, end) into input_ids
-  sentence_sec.. list<string>           per sentence, its report section (``reports.SECTION_KEYS``)
+  sentence_sec.. list<string>           per sentence, its report section (``brainvlp.sections.SECTION_KEYS``)
   truncated      bool                   sentences or tokens were cut
   findings       string                 structured findings as JSON (brainvlp.findings), or ""
   ============== ====================== =====================================================

@@ -28,10 +28,10 @@ import torch
 from brainvlp.data.shards import decode_volumes, read_index, split_files
 from brainvlp.downstream.config import DownstreamSpec, ModelEntry
 from brainvlp.downstream.fit import RunResult, TaskData, build_classifier, embed_tokens, run_once
+from brainvlp.downstream.folds import label_fraction, patient_folds
 from brainvlp.downstream.labels import TaskLabels, task_labels
 from brainvlp.downstream.weights import resolve_init
 from brainvlp.errors import UserError
-from brainvlp.evaluate.classification import label_fraction, patient_folds
 from brainvlp.spec import SpecError
 
 log = logging.getLogger(__name__)

@@ -23,6 +23,7 @@ from brainvlp.data.shards import decode_volumes, read_index, split_files
 from brainvlp.embed import IMAGE_KEYS, TEXT_KEYS, Embedder, to_device
 from brainvlp.evaluate.compare import write_comparison_report
 from brainvlp.evaluate.config import EvaluateSpec
+from brainvlp.evaluate.plots import read_training_curves
 from brainvlp.evaluate.report import format_retrieval_table
 from brainvlp.evaluate.retrieval import (
     chance_levels,
@@ -82,20 +83,6 @@ def read_study_side(files: list[str]) -> dict[str, Any]:
     return {"finding_sets": finding_sets, "volumes_NDHW": volumes, "masks_NDHW": masks, "slices_NHW": slices}
 
 
-def training_curves(model_dir: str) -> dict[str, list[tuple[int, float]]]:
-    """Loss and dev retrieval over steps from the pretrain run that wrote the export, if it is beside it."""
-    history = Path(model_dir).parent / "metrics.jsonl"
-    if not history.exists():
-        return {}
-    curves: dict[str, list[tuple[int, float]]] = {}
-    for line in history.read_text().splitlines():
-        record = json.loads(line)
-        for key in ("loss", "dev_R@5", "dev_t2i_R@5", "dev_loss"):
-            if isinstance(record.get(key), (int, float)) and "step" in record:
-                curves.setdefault(key, []).append((int(record["step"]), float(record[key])))
-    return curves
-
-
 def run_evaluate(spec: EvaluateSpec, run_dir: Path) -> dict[str, Any]:
     models = dict(spec.models) or ({"model": spec.model} if spec.model else {})
     if not models:
@@ -115,7 +102,7 @@ def run_evaluate(spec: EvaluateSpec, run_dir: Path) -> dict[str, Any]:
         sim_NN = result["sim_NN"] = np.array(result["sim_NN"])  # writable: torch reads it
         result["metrics"] = retrieval_metrics_from_scores(sim_NN, finding_sets=finding_sets)
         result["ranks"] = {k: v.numpy() for k, v in retrieval_ranks_from_scores(sim_NN).items()}
-        result["curves"] = training_curves(models[name])
+        result["curves"] = read_training_curves(Path(models[name]).parent)
         results[name] = result
         print(f"{name} ({result['scoring']}):\n" + format_retrieval_table(result["metrics"], chance))
     details = {

@@ -13,6 +13,7 @@ embedding width, P image tokens.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -162,28 +163,22 @@ def plot_recall_at_k(
 
 
 def read_training_curves(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar of the TensorBoard event files under ``run_dir`` (recursively): tag -> (step, value),
-    sorted by step.
+    """Loss and dev retrieval over steps, from the ``metrics.jsonl`` a pretrain run writes in ``run_dir``:
+    tag -> (step, value), sorted by step; empty without the file.
 
-    Files are merged; where several events share a tag and step (a run resumed from a checkpoint logs the
-    steps after that checkpoint again) the most recently written one wins. Empty when there are no files.
+    Where a step is logged twice (a run resumed from a checkpoint logs the steps after it again), the later
+    line wins.
     """
-    # Imported here: tensorboard's loader is only needed by the report job, not by every user of the plots.
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    latest: dict[str, dict[int, tuple[float, float]]] = {}  # tag -> step -> (wall_time, value)
-    for file in sorted(p for p in Path(run_dir).rglob("*tfevents*") if p.is_file()):
-        accumulator = EventAccumulator(str(file), size_guidance={"scalars": 0})  # 0 keeps every event
-        accumulator.Reload()
-        for tag in accumulator.Tags()["scalars"]:
-            by_step = latest.setdefault(tag, {})
-            for event in accumulator.Scalars(tag):
-                if event.step not in by_step or event.wall_time >= by_step[event.step][0]:
-                    by_step[event.step] = (event.wall_time, float(event.value))
-    return {
-        tag: [(step, value) for step, (_, value) in sorted(by_step.items())]
-        for tag, by_step in latest.items()
-    }
+    history = Path(run_dir) / "metrics.jsonl"
+    if not history.exists():
+        return {}
+    by_tag: dict[str, dict[int, float]] = {}
+    for line in history.read_text().splitlines():
+        record = json.loads(line)
+        for key in ("loss", "dev_R@5", "dev_t2i_R@5", "dev_loss"):
+            if isinstance(record.get(key), (int, float)) and "step" in record:
+                by_tag.setdefault(key, {})[int(record["step"])] = float(record[key])
+    return {tag: sorted(points.items()) for tag, points in by_tag.items()}
 
 
 def _default_tags(curves: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]]) -> list[str]:

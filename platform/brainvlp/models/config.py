@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from brainvlp.data.reports import SECTION_KEYS
 from brainvlp.registry import Registry
+from brainvlp.sections import SECTION_KEYS
 from brainvlp.spec import DropoutFloat, PositiveInt, SpecError
 
 VISION = Registry("vision backbone")

@@ -22,8 +22,8 @@ from torch import nn
 if TYPE_CHECKING:  # imported where used: transformers costs most of a second to import
     from transformers import BertModel
 
-from brainvlp.data.tokenizers import load_tokenizer, resolve_model_path
 from brainvlp.models.config import TextConfig
+from brainvlp.tokenization import load_tokenizer, resolve_model_path
 
 
 def _tiny_bert() -> BertModel:

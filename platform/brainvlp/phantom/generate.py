@@ -32,16 +32,16 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from brainvlp.data.phantom_anatomy import (
+from brainvlp.findings import LOCATIONS
+from brainvlp.phantom.anatomy import (
     PlacedLesion,
     Template,
-    derive_voxel_size,
     load_template,
     paint,
     place_lesion,
@@ -51,13 +51,11 @@ from brainvlp.data.phantom_anatomy import (
     warp_coordinates,
     white_matter_hyperintensities,
 )
-from brainvlp.data.phantom_reports import Lesion, midline_shift_lesion, study_findings, write_report
-from brainvlp.findings import LOCATIONS
-from brainvlp.spec import FractionFloat, NonNegativeInt, PositiveFloat, Range
+from brainvlp.phantom.config import SUPPORTED_SEQUENCES, PhantomConfig
+from brainvlp.phantom.reports import Lesion, midline_shift_lesion, study_findings, write_report
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_SEQUENCES = ("t1c", "flair")
 FINDING_COLUMNS = (
     "enhancing_lesion",
     "lesion_count_bucket",
@@ -72,43 +70,6 @@ FINDING_COLUMNS = (
 _LOBES = tuple(loc for loc in LOCATIONS if loc.endswith("_lobe"))
 _IDS, _ANATOMY, _PLAN, _IMAGE, _TEXT, _CORRUPT = range(6)
 _SEQUENCE_STREAM = 10  # + position in SUPPORTED_SEQUENCES: each contrast has its own noise stream
-
-
-ShapeInt = Annotated[int, Range(ge=8)]
-
-
-@dataclass(frozen=True)
-class PhantomConfig:
-    """What to generate. ``voxel_size`` None derives the smallest isotropic size at which the whole brain
-    fits ``shape`` (3.1 mm at 64^3, 6.15 mm at 32^3); ``corrupt_studies`` makes the first N studies'
-    t1c file (or first sequence without t1c) unreadable: garbage bytes at even positions, a truncated
-    gzip at odd ones."""
-
-    num_studies: Annotated[int, Range(ge=1, le=1_000_000)] = 240
-    num_patients: Annotated[int, Range(ge=1, le=1_000_000)] = 200
-    shape: tuple[ShapeInt, ShapeInt, ShapeInt] = (64, 64, 64)
-    voxel_size: PositiveFloat | None = None
-    max_lesions: NonNegativeInt = 3
-    lesion_probability: FractionFloat = 0.8
-    sequences: tuple[str, ...] = SUPPORTED_SEQUENCES
-    seed: NonNegativeInt = 0
-    corrupt_studies: NonNegativeInt = 0
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.num_patients <= self.num_studies <= 1_000_000:
-            raise ValueError("need 1 <= num_patients <= num_studies <= 1,000,000")
-        if len(self.shape) != 3 or min(self.shape) < 8:
-            raise ValueError(f"shape must be three sizes >= 8, got {self.shape}")
-        if not self.sequences or set(self.sequences) - set(SUPPORTED_SEQUENCES):
-            raise ValueError(f"sequences must be a non-empty subset of {SUPPORTED_SEQUENCES}")
-        if self.max_lesions < 0 or not 0.0 <= self.lesion_probability <= 1.0 or self.seed < 0:
-            raise ValueError("need max_lesions >= 0, 0 <= lesion_probability <= 1 and seed >= 0")
-        if not 0 <= self.corrupt_studies <= self.num_studies:
-            raise ValueError("corrupt_studies must lie in [0, num_studies]")
-
-    @property
-    def resolved_voxel_size(self) -> float:
-        return self.voxel_size if self.voxel_size is not None else derive_voxel_size(self.shape)
 
 
 @dataclass(frozen=True)
