@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from brainvlp.errors import UserError
 from brainvlp.spec import SpecError, parse
 from brainvlp.train.tracking import MAX_PARAM_CHARS, NullTracker, Tracker, TrackingConfig
 
@@ -93,7 +94,7 @@ def test_missing_mlflow_names_the_install(tmp_path: Path, monkeypatch: pytest.Mo
     for module in ("mlflow", "mlflow.entities", "mlflow.tracking"):
         monkeypatch.setitem(sys.modules, module, None)  # makes `import` raise ImportError
     config = TrackingConfig(tensorboard=False, mlflow_uri="http://localhost:5000")
-    with pytest.raises(RuntimeError, match="mlflow-skinny"):
+    with pytest.raises(UserError, match="mlflow-skinny"):
         Tracker(config, tmp_path, "t", PARAMS)
 
 

@@ -56,6 +56,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from brainvlp.errors import UserError
 from brainvlp.models.dual_encoder import DualEncoder
 
 _L = r"Qformer\.bert\.encoder\.layer\.(\d+)\."
@@ -170,11 +171,11 @@ def load_lavis_state_dict(
     strict: loads what fits and returns the problems in the report.
     """
     if model.qformer is None:
-        raise ValueError("LAVIS checkpoints hold a Q-Former: set model.qformer to load one")
+        raise UserError("LAVIS checkpoints hold a Q-Former: set model.qformer to load one")
     for name in ("view_proj", "text_proj"):
         head = getattr(model, name)
         if len(head) != 2 or not isinstance(head[1], nn.Linear):
-            raise ValueError(f"LAVIS's {name} is one Linear layer: set model.proj_hidden: None")
+            raise UserError(f"LAVIS's {name} is one Linear layer: set model.proj_hidden: None")
     own = model.state_dict()
     report = LoadReport()
     filled: dict[str, tuple[str, torch.Tensor]] = {}  # our key -> (LAVIS key, value)
@@ -212,7 +213,7 @@ def load_lavis_state_dict(
             else:
                 report.kept[target] = reason
     if strict and not report.ok:
-        raise ValueError(f"LAVIS checkpoint does not fit this model:\n{report.problems()}")
+        raise UserError(f"LAVIS checkpoint does not fit this model:\n{report.problems()}")
     model.load_state_dict({**own, **{target: value for target, (_, value) in filled.items()}})
     return report
 
@@ -235,17 +236,17 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         return load_file(path, device="cpu")
     if path.suffix not in {".pth", ".pt", ".bin"}:
-        raise ValueError(f"{path}: expected a .safetensors, .pth, .pt or .bin checkpoint")
+        raise UserError(f"{path}: expected a .safetensors, .pth, .pt or .bin checkpoint")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ValueError(f"{path}: holds objects other than tensors and plain containers; refusing to "
+        raise UserError(f"{path}: holds objects other than tensors and plain containers; refusing to "
                          f"unpickle them (weights_only): {err}") from err  # fmt: skip
     if isinstance(saved, Mapping) and isinstance(saved.get("model"), Mapping):
         saved = saved["model"]
     if not isinstance(saved, Mapping):
-        raise ValueError(f"{path}: expected a state dict, got {type(saved).__name__}")
+        raise UserError(f"{path}: expected a state dict, got {type(saved).__name__}")
     not_tensors = [key for key, value in saved.items() if not isinstance(value, torch.Tensor)]
     if not_tensors:
-        raise ValueError(f"{path}: state dict entries that are not tensors: {not_tensors}")
+        raise UserError(f"{path}: state dict entries that are not tensors: {not_tensors}")
     return dict(saved)

@@ -22,6 +22,7 @@ from torch import nn
 if TYPE_CHECKING:  # imported where used: transformers costs most of a second to import
     from transformers import BertModel
 
+from brainvlp.errors import MissingInputError
 from brainvlp.models.config import TextConfig
 from brainvlp.tokenization import load_tokenizer, resolve_model_path
 
@@ -51,7 +52,7 @@ def load_text_model(path: str) -> nn.Module:
     try:
         return AutoModel.from_pretrained(local, local_files_only=True)
     except OSError as err:
-        raise ValueError(
+        raise MissingInputError(
             f"text encoder {path!r}: no model found at {local!r}; expected a local directory with "
             "config.json and weights (model hubs are not reached), or builtin:minilm / builtin:tiny"
         ) from err

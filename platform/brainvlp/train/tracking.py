@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from brainvlp.errors import UserError
 from brainvlp.spec import SpecError
 
 MAX_PARAM_CHARS = 500
@@ -105,7 +106,7 @@ class Tracker:
             from mlflow.entities import Param
             from mlflow.tracking import MlflowClient
         except ImportError as err:
-            raise RuntimeError(
+            raise UserError(
                 f"tracking.mlflow_uri is set ({config.mlflow_uri}) but mlflow is not installed: "
                 "pip install 'brainvlp[mlflow]' (or pip install mlflow-skinny)"
             ) from err
