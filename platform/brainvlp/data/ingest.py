@@ -43,7 +43,7 @@ from brainvlp.data.shards import (
 )
 from brainvlp.data.splits import SplitConfig, assign_splits, check_no_leakage, pseudonymise
 from brainvlp.errors import InputConflictError
-from brainvlp.spec import PositiveFloat, PositiveInt, SpecError, to_plain
+from brainvlp.spec import JobSpec, PositiveFloat, PositiveInt, SpecError, to_plain
 from brainvlp.tokenization import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,8 @@ PROGRESS_DIR = "_progress"  # one JSON record per finished shard, plus the plan 
 
 
 @dataclass
-class IngestSpec:
+class IngestSpec(JobSpec):
     kind: Literal["ingest"] = "ingest"
-    run_name: str | None = None
-    output_root: str = "runs"
     # CSV, TSV, JSONL or Parquet; a local path or a filesystem URI (s3://, gs://, file://). In a pipeline,
     # the phantom step's manifest by default.
     manifest: str | None = None
