@@ -13,8 +13,8 @@ Paths in the manifest are relative to its folder; ``report`` is the inline (mult
 ``findings`` the compact JSON object of ``brainvlp.findings`` (findings.csv leaves out its ``clauses``). Ids
 look like hospital ones (``MRN0012345``, ``ACC000123``) so pseudonymisation has something to hide.
 
-Anatomy comes from the MNI152 template (``phantom_anatomy``), text from the same drawn findings
-(``phantom_reports``). Lesion-free studies (``1 - lesion_probability``) are fully normal: no white-matter
+Anatomy comes from the MNI152 template (``phantom.anatomy``), text from the same drawn findings
+(``phantom.reports``). Lesion-free studies (``1 - lesion_probability``) are fully normal: no white-matter
 disease, no prior surgery. Of the studies with lesions ~15 % show white-matter disease (periventricular
 FLAIR foci) and ~10 % prior surgery (a CSF-like resection cavity with a FLAIR-bright rim in the lobe of the
 first lobar lesion, named in the report; it is not part of the lesion mask or of ``locations``).
