@@ -74,8 +74,15 @@ def test_ray_job_submit_runs_a_pipeline(tmp_path: Path, ray_head: str, tiny_pipe
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "(ray: cluster)" in proc.stdout  # the job attached to our head instead of starting its own Ray
+    assert "(ray: cluster;" in proc.stdout  # the job attached to our head instead of starting its own Ray
     run_dir = tmp_path / "runs" / "tiny"
+    # The job log people read shows the platform's lines; Ray's and the workers' are in the run's log file.
+    job_log = proc.stdout.split("brainvlp: pipeline run", 1)[1]
+    assert (
+        "Traceback" not in job_log and "TrainingReport(" not in job_log and "(RayTrainWorker" not in job_log
+    )
+    assert "pretrain: 6/6 steps" in job_log and len(job_log.splitlines()) < 40
+    assert "(RayTrainWorker" in (run_dir / "ray.log").read_text()
     metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
     assert metrics["metrics"]["text_to_image"]["num_candidates"] > 0
     assert (run_dir / "pretrain" / "export" / "model.safetensors").exists()

@@ -11,7 +11,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "platform" / "brainvlp"
 
-FOUNDATION = {"spec", "errors", "registry", "findings", "sections", "tokenization", "runtime"}
+FOUNDATION = {"spec", "errors", "registry", "findings", "sections", "tokenization", "runtime", "console"}
 # Unit (a subpackage or a top-level module) -> the units it may import besides itself.
 ALLOWED: dict[str, set[str]] = {
     **{unit: FOUNDATION for unit in FOUNDATION},

@@ -1,4 +1,4 @@
-"""``brainvlp run SPEC.yaml [--set key=value ...] [--debug]`` and ``brainvlp validate SPEC.yaml``.
+"""``brainvlp run SPEC.yaml [--set key=value ...] [--debug] [--verbose]`` and ``brainvlp validate SPEC.yaml``.
 
 Both check the whole spec and then its inputs (``brainvlp.inputs``) before anything starts. An error the
 user can fix (``SpecError``, ``UserError``) ends with one line on stderr and exit status 2, an interrupt
@@ -45,6 +45,14 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--debug", action="store_true", help="print the traceback of an error, not only its line"
         )
+        if name == "run":
+            command.add_argument(
+                "--verbose",
+                action="store_true",
+                default=None,
+                help="show Ray's and the libraries' logs on the console too (they always go to "
+                "<run_dir>/ray.log); also BRAINVLP_VERBOSE=1",
+            )
         command.add_argument(
             "--no-inputs",
             dest="check_inputs",
@@ -85,7 +93,7 @@ def _command(args: argparse.Namespace) -> tuple[int, bool]:
             print(f"{args.spec}: valid {spec.kind} spec; {checked}")
             return 0, False
         stage = "run"
-        run(spec)
+        run(spec, verbose=args.verbose)
         return 0, True
     except KeyboardInterrupt:
         _report(args.debug, "interrupted")

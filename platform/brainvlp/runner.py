@@ -50,27 +50,39 @@ def _runner(kind: str) -> Callable[[Any, Path], Any]:
     }[kind]
 
 
-def run(spec: Any) -> dict[str, Any]:
-    """Run a validated spec (starting or attaching to Ray); returns each step's result."""
+def run(spec: Any, verbose: bool | None = None) -> dict[str, Any]:
+    """Run a validated spec (starting or attaching to Ray); returns each step's result. The console shows
+    the platform's lines; Ray's and the libraries' go to ``<run_dir>/ray.log`` (``brainvlp.console``), and
+    to the console too when ``verbose`` (default: BRAINVLP_VERBOSE)."""
+    from brainvlp.console import RunLog, verbose_from_env
     from brainvlp.runtime import init_ray
 
     run_dir = Path(spec.output_root) / spec.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_resolved(spec, run_dir / "spec.resolved.yaml")
-    mode = init_ray()
-    if mode == "cluster" and not Path(spec.output_root).is_absolute():
-        log.warning(
-            "output_root %r is relative: under `ray job submit` it resolves inside the job's copy of the "
-            "working directory; set an absolute path on shared storage (--set output_root=/shared/runs)",
-            spec.output_root,
+    steps = _steps(spec, run_dir)
+    # Imported before the logs are routed: Ray and the libraries set up their console loggers on import.
+    runners = {kind: _runner(kind) for kind, *_ in steps}
+    with RunLog(run_dir, verbose_from_env() if verbose is None else verbose) as run_log:
+        mode = init_ray()
+        run_log.route()
+        if mode == "cluster" and not Path(spec.output_root).is_absolute():
+            log.warning(
+                "output_root %r is relative: under `ray job submit` it resolves inside the job's copy of the "
+                "working directory; set an absolute path on shared storage (--set output_root=/shared/runs)",
+                spec.output_root,
+            )
+        print(
+            f"brainvlp: {spec.kind} run {spec.run_name!r} in {run_dir.resolve()} "
+            f"(ray: {mode}; its and the libraries' logs in {run_log.path.name} there)"
         )
-    print(f"brainvlp: {spec.kind} run {spec.run_name!r} in {run_dir.resolve()} (ray: {mode})")
-    results = {}
-    for kind, label, step_spec, step_dir in _steps(spec, run_dir):
-        step_dir.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        results[label] = _runner(kind)(step_spec, step_dir)
-        print(f"{label}: done in {time.perf_counter() - start:.1f} s")
+        results = {}
+        for kind, label, step_spec, step_dir in steps:
+            step_dir.mkdir(parents=True, exist_ok=True)
+            run_log.route()  # an earlier step may have imported a library that logs to the console
+            start = time.perf_counter()
+            results[label] = runners[kind](step_spec, step_dir)
+            print(f"{label}: done in {time.perf_counter() - start:.1f} s")
     return results
 
 

@@ -292,15 +292,14 @@ def _print_summary(
         f"ingest: {index['input_studies']} studies in -> {sum(index['splits'].values())} in "
         f"{len(index['shards'])} shards ({splits}) + {index['rejects']['count']} rejected ({reasons})"
     )
-    print(
-        f"ingest: {index['truncated_reports']} reports truncated; "
-        f"{sum(r['bytes'] for r in records) / 1e6:.1f} MB written; "
-        f"{processed} studies processed in {seconds:.1f} s ({processed / max(seconds, 1e-9):.2f} studies/s)"
-    )
     # Records written before the budgets existed lack these figures.
     slowest = max((r.get("slowest_study_seconds", 0.0) for r in records), default=0.0)
     peak = max((r.get("peak_rss_mb", 0.0) for r in records), default=0.0)
-    print(f"ingest: slowest study {slowest:.1f} s; peak shard-worker memory {peak:.0f} MB")
+    print(
+        f"ingest: {processed} studies processed in {seconds:.1f} s ({processed / max(seconds, 1e-9):.2f}/s), "
+        f"{sum(r['bytes'] for r in records) / 1e6:.1f} MB written, {index['truncated_reports']} reports "
+        f"truncated; slowest study {slowest:.1f} s, peak shard-worker memory {peak:.0f} MB"
+    )
 
 
 def _index(

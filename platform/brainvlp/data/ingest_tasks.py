@@ -14,10 +14,11 @@ without them.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from brainvlp.console import Progress
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +61,12 @@ def run_tasks(
             except ray.exceptions.RayError as err:
                 yield _isolate(plan, spec_ref, run_dir, task, ray.remote(num_cpus=1)(probe_fn), err)
 
-    start = last = time.perf_counter()
+    progress = Progress("ingest", num_studies, "studies")
     shards = studies = rejected = 0
     for result in results():
         shards, studies, rejected = shards + 1, studies + result["studies"], rejected + result["rejects"]
-        now = time.perf_counter()
-        if now - last >= 10 or shards == len(todo):
-            last = now
-            print(
-                f"ingest: {shards}/{len(todo)} shards, {studies}/{num_studies} studies "
-                f"({studies / (now - start):.2f} studies/s), {rejected} rejected",
-                flush=True,
-            )
+        progress.update(studies, f"{shards}/{len(todo)} shards, {rejected} rejected")
+    progress.close()
 
 
 def _isolate(

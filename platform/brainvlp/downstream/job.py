@@ -14,7 +14,6 @@ Outputs in the run directory: ``report.md`` / ``report.html`` (tables with boots
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
+from brainvlp.console import Progress
 from brainvlp.data.shards import decode_volumes, read_index, split_files
 from brainvlp.downstream.config import DownstreamSpec, ModelEntry
 from brainvlp.downstream.fit import RunResult, TaskData, build_classifier, embed_tokens, run_once
@@ -179,11 +179,11 @@ def _explained(data: TaskData, test_rows: np.ndarray, limit: int) -> np.ndarray:
 
 
 def _gather(pending: dict[Any, Run]) -> list[tuple[Run, RunResult]]:
-    results, total, start = [], len(pending), time.perf_counter()
+    results, progress = [], Progress("downstream", len(pending), "runs")
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         for ref in done:
             results.append((pending.pop(ref), ray.get(ref)))
-        if len(results) % max(1, total // 10) == 0 or not pending:
-            print(f"downstream: {len(results)}/{total} runs done ({time.perf_counter() - start:.0f} s)")
+        progress.update(len(results))
+    progress.close()
     return results

@@ -6,7 +6,6 @@ import functools
 import itertools
 import json
 import logging
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from brainvlp.train.checkpointing import BestWeights, RunState, restore, save_ch
 from brainvlp.train.config import PretrainSpec, TrainConfig
 from brainvlp.train.dev_eval import evaluate_dev
 from brainvlp.train.engine import Engine
+from brainvlp.train.progress import post
 from brainvlp.train.shuffle import shuffled_torch_batches
 from brainvlp.train.task import PretrainTask, build_augment
 from brainvlp.train.tracking import NullTracker, Tracker
@@ -64,8 +64,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     best = BestWeights(spec.train.select)
     run = restore(engine, best)
     tracker = _tracker(spec, config["run_dir"]) if rank == 0 else NullTracker()
+    feed = config.get("progress") if rank == 0 else None
     if run.step and rank == 0:
-        sys.stdout.write(f"resuming at step {run.step} (epoch {run.epoch}, batch {run.batches_done})\n")
+        post(feed, {"note": f"resuming at step {run.step} (epoch {run.epoch}, batch {run.batches_done})"})
     shard, start, start_step = ray.train.get_dataset_shard("train"), time.perf_counter(), run.step
     while run.epoch < spec.train.epochs and run.step < steps:
         batches, sampled = _epoch_batches(shard, spec, run.epoch, micro_batch, collate_fn)
@@ -84,7 +85,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 run.history.append(metrics)
                 tracker.log({k: v for k, v in metrics.items() if k not in ("step", "epoch")}, run.step)
                 if rank == 0:
-                    _print_progress(metrics, steps, time.perf_counter() - start, run.step - start_step)
+                    post(feed, {**metrics, "steps": steps})
             every = spec.train.checkpoint_every
             if every and run.step % every == 0 and run.step < steps:
                 save_checkpoint(engine, run, best, metrics or {"step": run.step})
@@ -93,7 +94,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if run.step >= steps:
                 break
         if sampled is not None and sampled.dropped and rank == 0:
-            sys.stdout.write(f"epoch {run.epoch}: unique-report sampler dropped {sampled.dropped} rows\n")
+            dropped = f"epoch {run.epoch}: the unique-report sampler dropped {sampled.dropped} rows"
+            post(feed, {"note": dropped})
         if run.step < steps:
             run.epoch, run.batches_done = run.epoch + 1, 0
     _final_checkpoint(engine, spec, index, run, best)
@@ -158,17 +160,6 @@ def _in_lockstep(batches: Iterable[Any], device: torch.device) -> Iterator[Any]:
         if not more.item():
             return
         yield batch
-
-
-def _print_progress(metrics: dict[str, Any], steps: int, elapsed: float, done: int) -> None:
-    eta = elapsed / max(1, done) * (steps - metrics["step"])
-    dev = f"  dev R@5 {metrics['dev_R@5']:.3f}" if "dev_R@5" in metrics else ""
-    # sys.stdout, not print: Ray Train patches print on workers, which shows every line twice.
-    sys.stdout.write(
-        f"step {metrics['step']}/{steps}  loss {metrics['loss']:.3f}{dev}  lr {metrics['lr']:.2e}  "
-        f"{metrics['samples_per_s']:.1f} samples/s  eta {eta / 60:.1f} min\n"
-    )
-    sys.stdout.flush()
 
 
 def _export_meta(spec: Any, index: dict[str, Any], step: int, selected: str) -> dict[str, Any]:

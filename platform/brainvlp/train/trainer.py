@@ -7,6 +7,7 @@ import json
 import logging
 import shutil
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from brainvlp.spec import SpecError, to_plain
 from brainvlp.train.config import PretrainSpec, check_against_shards
 from brainvlp.train.engine import deepspeed_config
 from brainvlp.train.loop import total_steps, train_loop_per_worker
+from brainvlp.train.progress import ProgressFeed
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +51,14 @@ def train_dataset(spec: PretrainSpec) -> ray.data.Dataset:
     # One read task per shard, its blocks cut only at target_max_block_size. Left to choose, Ray splits each
     # task's blocks further until a data set has 200 of them, so a small set streamed in smaller blocks than
     # a large one and the object store's streaming window grew with the data set (benchmarks/memory.py).
+    # A split read once into the object store needs no estimate of its in-memory size to pace streaming, and
+    # the estimate's sampling tasks still held their CPU leases when materialize() checked for free CPUs: Ray
+    # Data warned on every such run that "the cluster does not have any available CPUs" (it had).
+    context.decoding_size_estimation = not spec.data.materialize
     dataset = ray.data.read_parquet(
         files, columns=BATCH_COLUMNS, shuffle=shuffle, override_num_blocks=len(files)
     )
+    context.decoding_size_estimation = True
     return dataset.materialize() if spec.data.materialize else dataset
 
 
@@ -59,13 +66,19 @@ def datasets(spec: PretrainSpec) -> dict[str, ray.data.Dataset]:
     """The streamed training split, plus the (small, unsplit) dev split when the spec evaluates on it."""
     found = {"train": train_dataset(spec)}
     if spec.train.eval_every:
+        # Streamed by each worker at every evaluation, not materialised here: a dev split of 8,000 studies
+        # would hold tens of GiB in the object store, and the driver's eager read raced the release of the
+        # ingest tasks' CPUs (Ray Data's "no available CPUs" warning on a cluster that had them).
         files = split_files(spec.data.shards, spec.data.dev_split)
-        found["dev"] = ray.data.read_parquet(files, columns=BATCH_COLUMNS).materialize()
+        found["dev"] = ray.data.read_parquet(files, columns=BATCH_COLUMNS, override_num_blocks=len(files))
     return found
 
 
-def run_pretrain(spec: PretrainSpec, run_dir: Path, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
-    """Fit the Train run; ``callbacks`` are Ray Train callbacks (a tune trial's report to Tune)."""
+def run_pretrain(
+    spec: PretrainSpec, run_dir: Path, callbacks: Sequence[Any] = (), show_progress: bool = True
+) -> dict[str, Any]:
+    """Fit the Train run; ``callbacks`` are Ray Train callbacks (a tune trial's report to Tune);
+    ``show_progress``: a live progress line on this process's console (not for a tune trial)."""
     if spec.data.shards is None:
         raise SpecError("data.shards", "required: the output directory of an ingest job")
     index = read_index(spec.data.shards)
@@ -76,9 +89,11 @@ def run_pretrain(spec: PretrainSpec, run_dir: Path, callbacks: Sequence[Any] = (
         json.dumps(deepspeed_config(spec.deepspeed, micro, spec.train.use_gpu))
     )
     resources = {"CPU": spec.train.cpus_per_worker, **spec.train.resources_per_worker}
+    feed = ProgressFeed("pretrain", steps) if show_progress else nullcontext()
+    config = {"spec": to_plain(spec), "index": index, "run_dir": str(run_dir.resolve())}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": to_plain(spec), "index": index, "run_dir": str(run_dir.resolve())},
+        train_loop_config={**config, "progress": getattr(feed, "queue", None)},
         scaling_config=ScalingConfig(
             num_workers=spec.train.num_workers, use_gpu=spec.train.use_gpu, resources_per_worker=resources
         ),
@@ -96,7 +111,8 @@ def run_pretrain(spec: PretrainSpec, run_dir: Path, callbacks: Sequence[Any] = (
     print(
         f"pretrain: {spec.train.num_workers} worker(s), {steps} steps, global batch {spec.train.batch_size}"
     )
-    result = trainer.fit()
+    with feed:
+        result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"pretrain finished without a checkpoint; see {run_dir / 'train'}")
     export_dir = run_dir / "export"

@@ -19,6 +19,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+
+# At import, not in the search: Optuna sets up its console logger when imported, and the runner routes the
+# libraries' loggers to the run's log file after importing the job modules (brainvlp.console).
+from ray.tune.search.optuna import OptunaSearch
+
 from brainvlp.spec import (
     SpecError,
     parse,
@@ -41,12 +49,10 @@ def concurrent_trials(train: TrainConfig, cluster: Mapping[str, float]) -> int:
 
 def run_tune(spec: TuneSpec, run_dir: Path) -> dict[str, Any]:
     """Run (or resume) the search, then write the report; returns the best trial's id and values."""
-    import ray
-    from ray import tune
-
     from brainvlp.data.shards import read_index
     from brainvlp.train.config import check_against_shards
     from brainvlp.train.loop import total_steps
+    from brainvlp.tune.progress import TrialProgress
     from brainvlp.tune.results import collect_trials, write_results
 
     base = parse(PretrainSpec, spec.base, "base")
@@ -76,7 +82,12 @@ def run_tune(spec: TuneSpec, run_dir: Path) -> dict[str, Any]:
         tuner = tune.Tuner(
             trainable,
             tune_config=_tune_config(spec, base, steps, concurrent),
-            run_config=tune.RunConfig(name="tune", storage_path=str(run_dir), verbose=1),
+            run_config=tune.RunConfig(
+                name="tune",
+                storage_path=str(run_dir),
+                verbose=0,  # the console shows TrialProgress; Tune's status tables go to the log file
+                callbacks=[TrialProgress(spec.search.num_samples, spec.search.metric, spec.search.mode)],
+            ),
         )
     grid = tuner.fit()
     trials = collect_trials(grid, spec, index)
@@ -84,10 +95,6 @@ def run_tune(spec: TuneSpec, run_dir: Path) -> dict[str, Any]:
 
 
 def _tune_config(spec: TuneSpec, base: PretrainSpec, steps: int, concurrent: int) -> Any:
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
-
     from brainvlp.tune.results import trial_dirname
     from brainvlp.tune.space import suggest
 
@@ -140,7 +147,6 @@ def _check_same_search(spec: TuneSpec, run_dir: Path) -> None:
 
 def run_trial(config: dict[str, Any], base: dict[str, Any], run_dir: str, metric: str) -> None:
     """One trial (in Tune's trial actor): the base spec with the trial's values, fitted by Ray Train."""
-    from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from brainvlp.spec import dump_resolved
@@ -165,7 +171,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], run_dir: str, metric
     trial_dir.mkdir(parents=True, exist_ok=True)
     dump_resolved(spec, trial_dir / "spec.resolved.yaml")
     objective = ObjectiveReport()
-    run_pretrain(spec, trial_dir, callbacks=[objective])
+    run_pretrain(spec, trial_dir, callbacks=[objective], show_progress=False)
     if not objective.forwarded:
         # A restored trial whose Train run had already finished (the driver died after the run's last
         # report but before Tune saved it) trains nothing now; Tune still needs its objective: the history's.
