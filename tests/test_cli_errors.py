@@ -113,7 +113,7 @@ def test_nothing_starts_ray_before_the_spec_and_its_inputs_pass(tmp_path: Path, 
 
 
 def test_an_interrupt_is_one_line_and_status_130(tmp_path: Path, monkeypatch, capsys) -> None:
-    def interrupted(spec: Any) -> None:
+    def interrupted(spec: Any, **_: Any) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(runner, "run", interrupted)
@@ -122,7 +122,7 @@ def test_an_interrupt_is_one_line_and_status_130(tmp_path: Path, monkeypatch, ca
 
 
 def test_a_user_error_of_the_run_itself_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
-    def fails(spec: Any) -> None:
+    def fails(spec: Any, **_: Any) -> None:
         raise UserError("runs/x holds an ingest of another manifest:\n  use another run_name")
 
     monkeypatch.setattr(runner, "run", fails)
@@ -134,7 +134,7 @@ def test_a_user_error_of_the_run_itself_is_one_line(tmp_path: Path, monkeypatch,
 
 
 def test_a_bug_keeps_its_traceback(tmp_path: Path, monkeypatch) -> None:
-    def bug(spec: Any) -> None:
+    def bug(spec: Any, **_: Any) -> None:
         raise ZeroDivisionError("a bug")
 
     monkeypatch.setattr(runner, "run", bug)

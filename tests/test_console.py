@@ -55,8 +55,19 @@ def test_a_pipeline_console_shows_only_the_platform_and_the_log_file_holds_the_r
     for mark in ("(RayTrainWorker", "(TrainController", "TrainingReport(", "Started a local Ray instance"):
         assert mark in logged, mark
 
-    # --verbose: Ray's lines on the console as well (a step that only re-reads earlier outputs).
-    verbose = _brainvlp(str(spec_file), "--set", "steps=[evaluate]", "--verbose")
+    # --verbose: Ray's lines on the console as well (a phantom of two studies, to keep the test short).
+    small = tmp_path / "small.yaml"
+    small.write_text(
+        yaml.safe_dump(
+            {
+                "kind": "phantom",
+                "run_name": "small",
+                "output_root": str(tmp_path),
+                "dataset": {"num_studies": 2, "num_patients": 2, "shape": [16, 16, 16]},
+            }
+        )
+    )
+    verbose = _brainvlp(str(small), "--verbose")
     assert verbose.returncode == 0, verbose.stderr[-3000:]
     assert "Started a local Ray instance" in verbose.stdout + verbose.stderr
 

@@ -26,6 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "train": FOUNDATION | {"data", "models", "losses", "embed", "export", "evaluate", "distributed"},
     "downstream": FOUNDATION | {"data", "models", "export", "evaluate"},
     "tune": FOUNDATION | {"data", "train"},
+    "reportgen": FOUNDATION | {"data", "models", "export", "evaluate", "downstream", "train"},
 }
 APPLICATION = {"inputs", "pipeline", "runner", "cli"}  # may import any layer; no layer imports them
 SINGLE_DEVICE = {"models", "losses", "embed"}

@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 
 from brainvlp.registry import Registry
 from brainvlp.sections import SECTION_KEYS
-from brainvlp.spec import DropoutFloat, PositiveInt, SpecError
+from brainvlp.spec import DropoutFloat, NonNegativeInt, PositiveFloat, PositiveInt, SpecError
 
 VISION = Registry("vision backbone")
 
@@ -161,3 +161,58 @@ class ModelConfig:
     local: LocalAlignConfig | None = None  # set for the pLGG triplet loss's local term
     # Recompute backbone stages and transformer layers in backward: less activation memory, ~1/3 more compute.
     activation_checkpointing: bool = False
+
+
+@dataclass
+class LanguageModelConfig:
+    """The report writer: a Hugging Face causal LM from a local directory (Llama-3.2-1B in brat), or
+    ``path: scratch``, a small Llama built here from the sizes below (CPU runs and tests)."""
+
+    path: str = "scratch"
+    # "train": a byte-level BPE trained on the training split's reports (brainvlp.models.language); "model":
+    # the tokenizer saved with the LM at ``path``; else a local tokenizer directory.
+    tokenizer: str = "train"
+    vocab_size: PositiveInt = 2000  # of a trained tokenizer
+    hidden_size: PositiveInt = 256  # the scratch model's sizes
+    num_layers: PositiveInt = 4
+    num_heads: PositiveInt = 4
+    intermediate_size: PositiveInt = 512
+    max_positions: PositiveInt = 1024  # prefix + prompt + report tokens
+    # "full" trains every weight, "lora" low-rank adapters only (peft), "frozen" none (only the bridge).
+    finetune: Literal["full", "lora", "frozen"] = "full"
+    lora_rank: PositiveInt = 16
+    lora_alpha: PositiveFloat = 32.0
+    lora_dropout: DropoutFloat = 0.05
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")  # Llama's attention
+
+    def validate(self, path: str) -> None:
+        self.lora_targets = tuple(self.lora_targets)
+        if self.path == "scratch" and self.tokenizer == "model":
+            raise SpecError(f"{path}.tokenizer", "a scratch model has no tokenizer of its own: use 'train'")
+        if self.hidden_size % self.num_heads:
+            raise SpecError(f"{path}.num_heads", f"must divide hidden_size {self.hidden_size}")
+        if self.finetune == "lora" and not self.lora_targets:
+            raise SpecError(f"{path}.lora_targets", "LoRA needs one or more module names to adapt")
+
+
+@dataclass
+class DecodingConfig:
+    """``generate()``'s settings: greedy with ``num_beams: 1``, else beam search."""
+
+    num_beams: PositiveInt = 1
+    max_new_tokens: PositiveInt = 256
+    repetition_penalty: PositiveFloat = 1.0  # 1: none (CTRL's penalty, Keskar et al. 2019)
+    no_repeat_ngram_size: NonNegativeInt = 0  # 0: off
+
+
+@dataclass
+class ReportGeneratorConfig:
+    """brat's report generator (section 5): image features -> bridging MLP -> soft prefix tokens of a
+    causal LM, then a text prompt, then the report."""
+
+    # "tokens": the backbone's token map B x P x F; "views": the Q-Former's views B x Q x H (brat exports).
+    inputs: Literal["tokens", "views"] = "tokens"
+    bridge_hidden: PositiveInt | None = 1024  # None: a linear bridge; else Linear-GELU-Linear
+    prompt: str = "Report:"
+    language_model: LanguageModelConfig = field(default_factory=LanguageModelConfig)
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
