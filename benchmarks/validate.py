@@ -33,7 +33,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
 TARGET_S = 2.0
-SHARDS_FORMAT = "brainvlp-shards/2"  # brainvlp.data.shards.FORMAT, not imported: this script stays light
+SHARDS_FORMAT = "brainvlp-shards/3"  # brainvlp.data.shards.FORMAT, not imported: this script stays light
 ENV = {
     **os.environ,
     "DS_ACCELERATOR": "cpu",  # else DeepSpeed warns on stderr while it looks for an accelerator

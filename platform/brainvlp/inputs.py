@@ -123,7 +123,22 @@ class _Checker:
         self._require_splits(f"{where}protocol.splits", facts, splits)
         if spec.protocol.external_test:
             self._require_splits(f"{where}protocol.external_test", facts, [spec.protocol.external_test])
-        for number, entry in enumerate(spec.models):
+        self._models(where, spec.models, facts)
+
+    def report_generation(self, where: str, spec: Any, top: Any) -> None:
+        facts = self._shards(f"{where}shards", spec.shards, top)
+        for name in ("train_split", "dev_split", "test_split"):
+            self._require_splits(f"{where}{name}", facts, [getattr(spec, name)])
+        self._models(where, spec.models, facts)
+        lm = spec.generator.language_model
+        if lm.path != "scratch":
+            _check_local(f"{where}generator.language_model.path", lm.path, "dir", holds="config.json")
+        if lm.tokenizer not in ("train", "model"):
+            _check_local(f"{where}generator.language_model.tokenizer", lm.tokenizer, "dir")
+
+    def _models(self, where: str, models: Any, facts: dict[str, Any]) -> None:
+        """Each model entry's weights exist and (exports) fit the shards."""
+        for number, entry in enumerate(models):
             at = f"{where}models.{number}.path"
             if entry.path is None or self._is_produced(entry.path):
                 continue
@@ -223,6 +238,7 @@ def _check_local(at: str, path: str, kind: str, holds: str | None = None) -> Non
 _DIR_KIND = {
     "index.json": "is it the output directory of a complete ingest job?",
     "metrics.json": "is it the output directory of a finished downstream job?",
+    "config.json": "is it a Hugging Face model directory (save_pretrained)?",
     "model.json": "is it a pretrain export/ directory?",
 }
 

@@ -5,9 +5,9 @@ well under a second. Running it is ``brainvlp.runner``'s job.
 
 A pipeline runs its ``steps`` in order, each into ``<run_dir>/<step>/``; an input a step leaves unset is
 taken from the pipeline's section of the step before it (ingest reads phantom's manifest, pretrain
-ingest's shards, downstream and evaluate pretrain's exports), whether that step runs now or ran in an
-earlier invocation with the same run name. Named pretrainings (``pretrain: {brat: ..., clip: ...}``) each
-run into ``<run_dir>/pretrain/<name>/``.
+ingest's shards, downstream, report_generation and evaluate pretrain's exports), whether that step runs
+now or ran in an earlier invocation with the same run name. Named pretrainings
+(``pretrain: {brat: ..., clip: ...}``) each run into ``<run_dir>/pretrain/<name>/``.
 """
 
 from __future__ import annotations
@@ -21,18 +21,19 @@ from brainvlp.data.ingest import IngestSpec
 from brainvlp.downstream.config import DownstreamSpec
 from brainvlp.evaluate.config import EvaluateSpec
 from brainvlp.phantom.config import PhantomSpec
+from brainvlp.reportgen.config import ReportGenSpec
 from brainvlp.spec import JobSpec, SpecError, apply_overrides, parse, read_yaml
 from brainvlp.train.config import PretrainSpec
 from brainvlp.tune.config import TuneSpec
 
-STEP_KINDS = ("phantom", "ingest", "pretrain", "tune", "downstream", "evaluate")
+STEP_KINDS = ("phantom", "ingest", "pretrain", "tune", "downstream", "report_generation", "evaluate")
 
 
 @dataclass
 class PipelineSpec(JobSpec):
     kind: Literal["pipeline"] = "pipeline"
     steps: tuple[
-        Literal["phantom", "ingest", "pretrain", "tune", "downstream", "evaluate"], ...
+        Literal["phantom", "ingest", "pretrain", "tune", "downstream", "report_generation", "evaluate"], ...
     ] = ()  # default: those given
     phantom: PhantomSpec | None = None
     ingest: IngestSpec | None = None
@@ -40,6 +41,7 @@ class PipelineSpec(JobSpec):
     pretrain: PretrainSpec | dict[str, PretrainSpec] | None = None
     tune: TuneSpec | None = None
     downstream: DownstreamSpec | None = None
+    report_generation: ReportGenSpec | None = None
     evaluate: EvaluateSpec | None = None
 
     def validate(self, path: str) -> None:
@@ -63,6 +65,7 @@ JOB_KINDS: dict[str, type] = {
     "pretrain": PretrainSpec,
     "tune": TuneSpec,
     "downstream": DownstreamSpec,
+    "report_generation": ReportGenSpec,
     "evaluate": EvaluateSpec,
     "pipeline": PipelineSpec,
 }
@@ -93,9 +96,11 @@ def link_pipeline(spec: PipelineSpec) -> None:
         pretrain.data.shards = pretrain.data.shards or ingested
     if spec.tune and spec.tune.base["data"]["shards"] is None:
         spec.tune.base["data"]["shards"] = ingested
-    if spec.downstream:
-        spec.downstream.shards = spec.downstream.shards or ingested
-        for entry in spec.downstream.models:
+    for step in (spec.downstream, spec.report_generation):
+        if step is None:
+            continue
+        step.shards = step.shards or ingested
+        for entry in step.models:
             source = entry.pretrain or entry.name
             if entry.init == "export" and entry.path is None and source in exports:
                 entry.path = exports[source]
@@ -133,6 +138,7 @@ _REQUIRED_INPUTS = {
     "pretrain": ("data.shards",),
     "tune": ("base.data.shards",),
     "downstream": ("shards",),
+    "report_generation": ("shards",),
     "evaluate": ("shards",),
 }
 
@@ -144,11 +150,11 @@ def _require_inputs(step: str, spec: Any) -> None:
         return
     if step == "evaluate" and spec.model is None and not spec.models:
         raise SpecError("evaluate.model", "required (no earlier pipeline step provides it)")
-    if step == "downstream":
+    if step in ("downstream", "report_generation"):
         for index, entry in enumerate(spec.models):
             if entry.init == "export" and entry.path is None:
                 raise SpecError(
-                    f"downstream.models.{index}.path",
+                    f"{step}.models.{index}.path",
                     f"required: no pretrain step of this pipeline is named {entry.pretrain or entry.name!r}",
                 )
     for dotted in _REQUIRED_INPUTS.get(step.split(".")[0], ()):

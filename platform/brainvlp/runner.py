@@ -37,6 +37,7 @@ def _runner(kind: str) -> Callable[[Any, Path], Any]:
     from brainvlp.data.ingest import run_ingest
     from brainvlp.downstream.job import run_downstream
     from brainvlp.evaluate.job import run_evaluate
+    from brainvlp.reportgen.job import run_report_generation
     from brainvlp.train.trainer import run_pretrain
     from brainvlp.tune.job import run_tune
 
@@ -46,6 +47,7 @@ def _runner(kind: str) -> Callable[[Any, Path], Any]:
         "pretrain": run_pretrain,
         "tune": run_tune,
         "downstream": run_downstream,
+        "report_generation": run_report_generation,
         "evaluate": run_evaluate,
     }[kind]
 

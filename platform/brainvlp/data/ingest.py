@@ -113,6 +113,7 @@ def _study_row(task: Mapping[str, Any], spec: IngestSpec, tokenizer: Any) -> dic
         "sentence_spans": [list(span) for span in report.sentence_spans],
         "sentence_sections": report.sentence_sections,
         "truncated": report.truncated,
+        "report_text": report.text,
         "findings": task["findings"],
     }
 

@@ -137,13 +137,15 @@ class ReportConfig:
 @dataclass
 class TokenizedReport:
     """One report as one token sequence; ``sentence_spans[i]`` is sentence i's ``[start, end)`` and
-    ``sentence_sections[i]`` the section it comes from (a ``SECTION_KEYS`` entry)."""
+    ``sentence_sections[i]`` the section it comes from (a ``SECTION_KEYS`` entry); ``text`` the kept
+    sentences joined by spaces (what was tokenised, before the token budget): a report generator's target."""
 
     input_ids: list[int]
     sentence_spans: list[tuple[int, int]]
     sentence_sections: list[str]
     num_sentences: int
     truncated: bool
+    text: str = ""
 
 
 def prepare_report(
@@ -176,9 +178,8 @@ def prepare_report(
     starts = [0]
     for sentence in sentences[:-1]:
         starts.append(starts[-1] + len(sentence) + 1)
-    encoding = tokenizer(
-        " ".join(sentences), return_offsets_mapping=True, return_special_tokens_mask=True, verbose=False
-    )
+    text = " ".join(sentences)
+    encoding = tokenizer(text, return_offsets_mapping=True, return_special_tokens_mask=True, verbose=False)
     ids, special = encoding["input_ids"], encoding["special_tokens_mask"]
     content = [i for i, is_special in enumerate(special) if not is_special]
     if not content:
@@ -200,4 +201,4 @@ def prepare_report(
     # Sentences that produced no token (e.g. only characters the normaliser strips) have no span.
     sentence_spans = [tuple(spans[i]) for i in sorted(spans)]
     sentence_sections = [labelled[i][1] for i in sorted(spans)]
-    return TokenizedReport(input_ids, sentence_spans, sentence_sections, len(sentence_spans), truncated)
+    return TokenizedReport(input_ids, sentence_spans, sentence_sections, len(sentence_spans), truncated, text)

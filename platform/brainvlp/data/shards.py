@@ -18,6 +18,7 @@ A shard directory holds:
   sentence_spans list<list<int32>>      per sentence, [start, end) into input_ids
   sentence_sec.. list<string>           per sentence, its report section (``brainvlp.sections.SECTION_KEYS``)
   truncated      bool                   sentences or tokens were cut
+  report_text    string                 the kept sentences, space-joined (the report generator's target)
   findings       string                 structured findings as JSON (brainvlp.findings), or ""
   ============== ====================== =====================================================
 
@@ -45,7 +46,7 @@ import pyarrow.parquet as pq
 
 from brainvlp.errors import MissingInputError, UserError
 
-FORMAT = "brainvlp-shards/2"  # 2: sentence_sections
+FORMAT = "brainvlp-shards/3"  # 2: sentence_sections; 3: report_text
 
 SCHEMA = pa.schema(
     [
@@ -62,6 +63,7 @@ SCHEMA = pa.schema(
         ("sentence_spans", pa.list_(pa.list_(pa.int32()))),
         ("sentence_sections", pa.list_(pa.string())),
         ("truncated", pa.bool_()),
+        ("report_text", pa.string()),
         ("findings", pa.string()),
     ]
 )
