@@ -68,6 +68,7 @@ def _run(spec: dict, tmp_path: Path, capsys) -> tuple[Path, str]:
     return tmp_path / "rg", capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_report_generation_trains_scores_reports_and_skips_finished_runs(shards, tmp_path, capsys) -> None:
     run_dir, out = _run(_spec(shards, tmp_path), tmp_path, capsys)
     results = json.loads((run_dir / "metrics.json").read_text())
@@ -97,6 +98,7 @@ def test_report_generation_trains_scores_reports_and_skips_finished_runs(shards,
     )
 
 
+@pytest.mark.slow
 def test_a_run_resumes_from_its_last_epoch_checkpoint(shards, tmp_path, capsys) -> None:
     spec = {**_spec(shards, tmp_path, epochs=1, select="dev_loss"), "seeds": 1}
     run_dir, _ = _run(spec, tmp_path, capsys)
