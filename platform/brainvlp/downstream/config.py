@@ -123,16 +123,22 @@ class DownstreamSpec(JobSpec):
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
 
     def validate(self, path: str) -> None:
-        where = f"{path}.models" if path else "models"
-        if not self.models:
-            raise SpecError(where, "list at least one model to train")
-        names = [m.name for m in self.models]
-        if len(set(names)) != len(names):
-            raise SpecError(where, f"model names must be unique, found {names}")
-        if path:  # a pipeline step: the runner links and checks the inputs
-            return
-        if self.shards is None:  # run on its own: no pipeline step will provide them
-            raise SpecError("shards", "required: the output directory of an ingest job")
-        for index, entry in enumerate(self.models):
-            if entry.init == "export" and entry.path is None:
-                raise SpecError(f"models.{index}.path", "required for init 'export': a pretrain export")
+        check_models(self.models, self.shards, path, "list at least one model to train")
+
+
+def check_models(models: tuple[ModelEntry, ...], shards: str | None, path: str, none_given: str) -> None:
+    """A job's model list: some, uniquely named; run on its own (``path`` empty: no pipeline step provides
+    them), its shards and every export's path are set."""
+    where = f"{path}.models" if path else "models"
+    if not models:
+        raise SpecError(where, none_given)
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise SpecError(where, f"model names must be unique, found {names}")
+    if path:  # a pipeline step: the runner links and checks the inputs
+        return
+    if shards is None:
+        raise SpecError("shards", "required: the output directory of an ingest job")
+    for index, entry in enumerate(models):
+        if entry.init == "export" and entry.path is None:
+            raise SpecError(f"models.{index}.path", "required for init 'export': a pretrain export")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from brainvlp.downstream.config import BootstrapConfig, ModelEntry
+from brainvlp.downstream.config import BootstrapConfig, ModelEntry, check_models
 from brainvlp.models.config import ReportGeneratorConfig
 from brainvlp.spec import (
     FractionFloat,
@@ -85,12 +85,6 @@ class ReportGenSpec(JobSpec):
         return self.train.batch_size // (self.train.num_workers * self.deepspeed.gradient_accumulation_steps)
 
     def validate(self, path: str) -> None:
-        where = f"{path}.models" if path else "models"
-        if not self.models:
-            raise SpecError(where, "list at least one image encoder to compare (init: scratch is one)")
-        names = [m.name for m in self.models]
-        if len(set(names)) != len(names):
-            raise SpecError(where, f"model names must be unique, found {names}")
         parts = self.train.num_workers * self.deepspeed.gradient_accumulation_steps
         if self.train.batch_size % parts:
             raise SpecError(
@@ -100,10 +94,4 @@ class ReportGenSpec(JobSpec):
             )
         if self.generator.inputs == "views" and any(m.init != "export" for m in self.models):
             raise SpecError(f"{path}.generator.inputs".lstrip("."), "views come from exports with a Q-Former")
-        if path:  # a pipeline step: the runner links and checks the inputs
-            return
-        if self.shards is None:
-            raise SpecError("shards", "required: the output directory of an ingest job")
-        for index, entry in enumerate(self.models):
-            if entry.init == "export" and entry.path is None:
-                raise SpecError(f"models.{index}.path", "required for init 'export': a pretrain export")
+        check_models(self.models, self.shards, path, "list at least one image encoder (init: scratch is one)")
