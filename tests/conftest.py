@@ -85,6 +85,7 @@ def ingest_tiny(tmp_path: Path) -> Path:
 
     spec = _tiny_pipeline(tmp_path)
     del spec["pretrain"], spec["evaluate"]
+    spec["ingest"]["report"] = {"keep_text": True}  # for report generation
     spec_file = tmp_path / "ingest.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
     run(load_spec(spec_file))

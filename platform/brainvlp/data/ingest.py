@@ -113,7 +113,7 @@ def _study_row(task: Mapping[str, Any], spec: IngestSpec, tokenizer: Any) -> dic
         "sentence_spans": [list(span) for span in report.sentence_spans],
         "sentence_sections": report.sentence_sections,
         "truncated": report.truncated,
-        "report_text": report.text,
+        "report_text": report.text if spec.report.keep_text else None,
         "findings": task["findings"],
     }
 
@@ -321,6 +321,7 @@ def _index(
         "splits": dict(sorted(splits.items())),
         "shards": [{key: s[key] for key in ("file", "split", "rows", "sha256", "bytes")} for s in shards],
         "truncated_reports": sum(s["truncated"] for s in shards),
+        "report_text": spec.report.keep_text,
         "rejects": {
             "count": len(rejects),
             "by_reason": dict(sorted(Counter(r["reason"] for r in rejects).items())),

@@ -123,6 +123,9 @@ class ReportConfig:
     sections: tuple[str, ...] = ("findings", "impression")
     max_sentences: PositiveInt = 20
     max_tokens: Annotated[int, Range(ge=3)] = 256  # room for special tokens and text
+    # Store the kept sentences' text in the shards (``report_text``): what report generation learns to
+    # write. Off by default: report text stays out of everything but the manifest unless a spec asks.
+    keep_text: bool = False
 
     def __post_init__(self) -> None:
         self.sections = tuple(s.lower() for s in self.sections)  # YAML gives lists

@@ -18,7 +18,8 @@ A shard directory holds:
   sentence_spans list<list<int32>>      per sentence, [start, end) into input_ids
   sentence_sec.. list<string>           per sentence, its report section (``brainvlp.sections.SECTION_KEYS``)
   truncated      bool                   sentences or tokens were cut
-  report_text    string                 the kept sentences, space-joined (the report generator's target)
+  report_text    string (nullable)      the kept sentences, space-joined (report.keep_text; a report
+                                        generator's target), else null
   findings       string                 structured findings as JSON (brainvlp.findings), or ""
   ============== ====================== =====================================================
 

@@ -40,6 +40,11 @@ def run_report_generation(spec: ReportGenSpec, run_dir: Path) -> dict[str, Any]:
     for split in (spec.train_split, spec.dev_split, spec.test_split):
         if not index["splits"].get(split):
             raise UserError(f"{spec.shards}: no {split!r} studies for report generation")
+    if not index.get("report_text"):
+        raise UserError(
+            f"{spec.shards}: the shards hold no report text; ingest with report.keep_text: true to train a "
+            "report generator"
+        )
     run_dir = run_dir.resolve()
     tokenizer_dir = _tokenizer(spec, run_dir)
     rows = index["splits"][spec.train_split]
