@@ -21,9 +21,14 @@ class ProgressFeed:
     """Driver side: ``with ProgressFeed("pretrain", steps) as feed: ... config={"progress": feed.queue}``."""
 
     def __init__(self, label: str, steps: int) -> None:
+        import ray
         from ray.util.queue import Queue
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        self.queue = Queue(actor_options={"num_cpus": 0})  # a tiny async actor; it must not hold a CPU
+        # A tiny async actor that holds no CPU, on the driver's node: elsewhere it would die with a lost
+        # worker node and take the rest of the run's progress lines with it.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
         self.progress = Progress(label, steps, "steps")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="brainvlp-progress", daemon=True)
