@@ -67,7 +67,9 @@ code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; fo
 pre { background: var(--zebra); border: 1px solid var(--line); border-radius: 6px; padding: 0.8em 1em;
   overflow-x: auto; }
 pre code { background: none; padding: 0; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.92rem; max-width: 100%; }
+/* A table wider than the page scrolls on its own instead of overflowing the page. */
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.92rem; max-width: 100%; display: block;
+  overflow-x: auto; }
 th, td { border: 1px solid var(--line); padding: 0.35em 0.75em; vertical-align: top; }
 th { position: sticky; top: 0; background: var(--head); font-weight: 600; text-align: left; }
 td { font-variant-numeric: tabular-nums; }
@@ -76,6 +78,14 @@ thead:not(:has(th:not(:empty))) { display: none; }  /* key/value tables have an 
 tbody tr:nth-child(even) { background: var(--zebra); }
 img { max-width: 100%; height: auto; display: block; margin: 1em 0; }
 blockquote { margin: 1em 0; padding: 0 1em; color: var(--muted); border-left: 4px solid var(--line); }
+/* Report-generation examples (reportgen.examples): sentences coloured by their findings. */
+table.example { display: table; width: 100%; table-layout: fixed; }
+table.example td { font-variant-numeric: normal; }
+table.example td.counts { color: var(--muted); font-size: 0.85rem; }
+.finding-agree { background: #dafbe1; }
+.finding-wrong { background: #ffd7d5; }
+.finding-missing { background: #fff1c2; }
+.legend span { padding: 0 0.3em; }
 """
 
 

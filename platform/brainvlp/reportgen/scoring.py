@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from brainvlp.evaluate.clinical import compare_findings, get_extractor
 from brainvlp.evaluate.nlg import bootstrap_ci
 from brainvlp.reportgen.config import NLG_METRICS, ReportGenSpec
+from brainvlp.reportgen.examples import LEGEND, example_block
 
 CLINICAL = ("false_findings", "missing_findings", "location_accuracy", "severity_accuracy", "green")
 LOWER_IS_BETTER = {"false_findings", "missing_findings"}
@@ -93,25 +94,27 @@ def _history(directory: Path) -> list[dict[str, Any]]:
 
 
 def write_report(spec: ReportGenSpec, results: dict[str, Any], run_dir: Path) -> Path:
-    """``report.md``: Table 4's layout (NLG metrics, then GREEN's categories, with intervals)."""
+    """``report.md``: Table 4's layout (NLG metrics, then GREEN's categories, with intervals), as two
+    tables so that each fits a page."""
     models = results["models"]
-    columns = [m for m in (*NLG_METRICS, *CLINICAL) if any(m in r["metrics"] for r in models.values())]
-    arrows = {m: "↓" if m in LOWER_IS_BETTER else "↑" for m in columns}
     level = round(100 * spec.scoring.bootstrap.level)
     lines = [
         f"# Report generation: {spec.run_name}",
         "",
         f"Test split `{spec.test_split}`, {spec.seeds} seed(s); mean over seeds with {level} % bootstrap "
-        "intervals over test studies and seeds. Clinical columns: GREEN's categories from the findings "
-        f"that the `{spec.scoring.extractor}` extractor reads in each generated report (false and missing "
-        "findings per study; location and severity accuracy).",
+        "intervals over test studies and seeds.",
         "",
-        "| model | " + " | ".join(f"{m} {arrows[m]}" for m in columns) + " |",
-        "|---|" + "---:|" * len(columns),
+        *_table(models, NLG_METRICS),
     ]
-    for name, result in models.items():
-        cells = [_cell(result["metrics"].get(m)) for m in columns]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if any(m in r["metrics"] for r in models.values() for m in CLINICAL):
+        lines += [
+            "",
+            f"Clinical accuracy: GREEN's categories from the findings that the `{spec.scoring.extractor}` "
+            "extractor reads in each generated report (false and missing findings per study; location "
+            "and severity accuracy; GREEN per study).",
+            "",
+            *_table(models, CLINICAL),
+        ]
     lines += ["", "![training and dev loss per epoch, every seed](curves.png)"]
     _plot_curves(models, run_dir / "curves.png")
     if spec.scoring.show_examples:
@@ -122,6 +125,18 @@ def write_report(spec: ReportGenSpec, results: dict[str, Any], run_dir: Path) ->
 
     write_html_report(path)
     return path
+
+
+def _table(models: dict[str, Any], metrics: Sequence[str]) -> list[str]:
+    columns = [m for m in metrics if any(m in r["metrics"] for r in models.values())]
+    arrows = {m: "↓" if m in LOWER_IS_BETTER else "↑" for m in columns}
+    lines = [
+        "| model | " + " | ".join(f"{m} {arrows[m]}" for m in columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    for name, result in models.items():
+        lines.append(f"| {name} | " + " | ".join(_cell(result["metrics"].get(m)) for m in columns) + " |")
+    return lines
 
 
 def _plot_curves(models: dict[str, Any], path: Path) -> None:
@@ -150,12 +165,14 @@ def _cell(value: Sequence[float] | None) -> str:
 
 
 def _examples(spec: ReportGenSpec, run_dir: Path) -> list[str]:
-    """Generated reports beside their references (brat Fig. 10), seed 0 of each model (opted in)."""
-    lines = ["## Examples (seed 0)", ""]
+    """Generated reports beside their references (brat Fig. 10), seed 0 of each model, the same test
+    studies for every model, coloured by findings when an extractor is set (opted in)."""
+    extractor = get_extractor(spec.scoring.extractor) if spec.scoring.extractor else None
+    lines = ["## Examples (seed 0)", "", LEGEND if extractor else "", ""]
     for entry in spec.models:
         rows = pq.read_table(run_dir / entry.name / "seed0" / "test.parquet").to_pylist()
-        lines.append(f"### {entry.name}")
+        lines += [f"### {entry.name}", ""]
+        # One HTML block per example, blank lines around it, so Markdown passes it through untouched.
         for row in rows[: spec.scoring.num_examples]:
-            lines += [f"- **reference**: {row['reference']}", f"  **generated**: {row['generated']}"]
-        lines.append("")
+            lines += [example_block(row, extractor), ""]
     return lines
