@@ -8,11 +8,13 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from brainvlp.pipeline import load_spec
+from brainvlp.reportgen import loop
 from brainvlp.runner import run
 from conftest import ingest_tiny
 
@@ -111,3 +113,29 @@ def test_a_run_resumes_from_its_last_epoch_checkpoint(shards, tmp_path, capsys) 
     assert [h["epoch"] for h in history] == [1, 2]
     assert history[0] == first[0]  # epoch 1 came from the checkpoint, not from training again
     assert history[1]["step"] == 2 * first[0]["step"]
+
+
+class _Shard:
+    """Stands in for Ray Train's unsplit dataset shard: numpy batches of ``rows`` rows."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+
+    def iter_batches(self, batch_size: int, batch_format: str):
+        for start in range(0, self.rows, batch_size):
+            ids = np.arange(start, min(start + batch_size, self.rows))
+            yield {"study_id": ids.astype(str), "x": ids}
+
+
+@pytest.mark.parametrize("rows", [1, 5, 8, 9, 13])
+def test_every_rank_runs_as_many_evaluation_batches(monkeypatch: pytest.MonkeyPatch, rows: int) -> None:
+    """Under ZeRO-3 each forward pass is a collective: a rank with fewer batches would hang the others."""
+    monkeypatch.setattr(loop.ray.train, "get_dataset_shard", lambda split: _Shard(rows))
+    world = 3
+    per_rank = [
+        list(loop._own_rows("dev", 2, lambda batch, device: dict(batch), None, rank, world))
+        for rank in range(world)
+    ]
+    assert len({len(batches) for batches in per_rank}) == 1
+    real = sorted(int(i) for batches in per_rank for b in batches if not b["pad"] for i in b["x"])
+    assert real == list(range(rows))  # every study once, the pads dropped

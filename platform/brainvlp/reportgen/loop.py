@@ -4,8 +4,9 @@ model -> loss -> backward -> step, an evaluation on the dev split after each epo
 
 Dev and test are small and unsplit by Ray: every worker reads them and keeps rows ``i % world == rank``;
 texts meet by ``all_gather_object``, so every rank computes the same selection score and takes the same
-branch (saving the best weights is a collective under ZeRO-3). Generation under ZeRO-3 on several workers
-runs with ``synced_gpus``: ranks keep stepping together until the longest report ends.
+branch (saving the best weights is a collective under ZeRO-3). Every rank runs as many evaluation batches
+as the others (``_own_rows`` pads), and generation under ZeRO-3 on several workers runs with
+``synced_gpus``: ranks keep stepping together until the longest report ends.
 """
 
 from __future__ import annotations
@@ -104,12 +105,17 @@ def _batches(shard: Any, size: int, batches: Batches, device: torch.device) -> I
 
 
 def _own_rows(split: str, size: int, batches: Batches, device: torch.device, rank: int, world: int) -> Any:
-    """This rank's rows of an unsplit split (``i % world == rank``), in batches."""
+    """This rank's rows of an unsplit split (``i % world == rank``), in batches, the same number of batches
+    on every rank: under ZeRO-3 each forward pass gathers the parameters from all ranks, so a rank that
+    ran out of rows early would leave the others waiting for ever. A rank whose share of the last chunk
+    is empty gets a copy of the chunk's first row, marked ``pad``, whose loss and report are dropped."""
     shard = ray.train.get_dataset_shard(split)
     for rows in shard.iter_batches(batch_size=size * world, batch_format="numpy"):
         mine = {key: value[rank::world] for key, value in rows.items()}
-        if len(mine["study_id"]):
-            yield batches(mine, device)
+        pad = not len(mine["study_id"])
+        if pad:
+            mine = {key: value[:1] for key, value in rows.items()}
+        yield {**batches(mine, device), "pad": pad}
 
 
 @torch.no_grad()
@@ -121,9 +127,8 @@ def _evaluate(
     total = torch.zeros(2, dtype=torch.float64, device=engine.device)
     for batch in _own_rows(spec.dev_split, spec.micro_batch, batches, engine.device, rank, world):
         loss = engine.module(_input(batch, engine), batch["input_ids"], batch["attention_mask"])["loss"]
-        total += torch.tensor(
-            [float(loss) * len(batch["reports"]), len(batch["reports"])], device=engine.device
-        )
+        weight = 0 if batch["pad"] else len(batch["reports"])
+        total += torch.tensor([float(loss) * weight, weight], device=engine.device)
     if world > 1:
         dist.all_reduce(total)
     metrics = {"dev_loss": float(total[0] / total[1].clamp(min=1))}
@@ -146,6 +151,8 @@ def _generate_split(
     for batch in _own_rows(split, spec.micro_batch, batches, engine.device, rank, world):
         ids = engine.module.generate(_input(batch, engine), spec.generator.decoding, synced_gpus=synced,
                                      **special)  # fmt: skip
+        if batch["pad"]:
+            continue
         texts = batches.tokenizer.batch_decode(ids, skip_special_tokens=True)
         mine += [
             {"study_id": s, "reference": r, "generated": g.strip(), "findings": f}
