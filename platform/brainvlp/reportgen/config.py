@@ -9,7 +9,7 @@ gradient accumulation).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Literal
 
 from brainvlp.downstream.config import BootstrapConfig, ModelEntry, check_models
 from brainvlp.models.config import ReportGeneratorConfig
@@ -19,21 +19,15 @@ from brainvlp.spec import (
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
-    Range,
     SpecError,
 )
-from brainvlp.train.config import DeepSpeedConfig
+from brainvlp.train.config import DeepSpeedConfig, WorkerResources
 
 NLG_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 
 
 @dataclass
-class ReportTrainConfig:
-    num_workers: PositiveInt = 1
-    cpus_per_worker: PositiveFloat = 1.0
-    use_gpu: bool = False
-    resources_per_worker: dict[str, PositiveFloat] = field(default_factory=dict)
-    threads_per_worker: PositiveInt | None = None
+class ReportTrainConfig(WorkerResources):
     batch_size: PositiveInt = 1024  # global, per optimizer step: micro-batch x workers x accumulation
     epochs: PositiveInt = 10
     lr: PositiveFloat = 2e-4
@@ -44,13 +38,6 @@ class ReportTrainConfig:
     # The weights that are scored on the test split: the last epoch's, or those of the epoch with the best
     # dev loss or dev NLG metric (greedy decoding of the dev split after each epoch).
     select: Literal["last", "dev_loss", "BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"] = "dev_loss"
-    # Worker failures recovered from the last epoch's checkpoint; -1: unlimited.
-    max_failures: Annotated[int, Range(ge=-1)] = 0
-
-    def validate(self, path: str) -> None:
-        for name in self.resources_per_worker:
-            if name in ("CPU", "GPU"):
-                raise SpecError(f"{path}.resources_per_worker.{name}", "use cpus_per_worker / use_gpu")
 
 
 @dataclass

@@ -101,12 +101,13 @@ def _fit(spec: ReportGenSpec, config: dict[str, Any], out: Path) -> str:
         spec.dev_split: ray.data.read_parquet(files[spec.dev_split], columns=COLUMNS),
         spec.test_split: ray.data.read_parquet(files[spec.test_split], columns=COLUMNS),
     }  # fmt: skip
-    resources = {"CPU": spec.train.cpus_per_worker, **spec.train.resources_per_worker}
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=config,
         scaling_config=ScalingConfig(
-            num_workers=spec.train.num_workers, use_gpu=spec.train.use_gpu, resources_per_worker=resources
+            num_workers=spec.train.num_workers,
+            use_gpu=spec.train.use_gpu,
+            resources_per_worker=spec.train.ray_resources(),
         ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),

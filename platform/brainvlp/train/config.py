@@ -62,7 +62,10 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
+class WorkerResources:
+    """What each Ray Train worker of a job gets, and how many failures the job survives (pretraining and
+    report generation share these fields, flat in their ``train:`` section)."""
+
     num_workers: PositiveInt = 1
     cpus_per_worker: PositiveFloat = 1.0
     use_gpu: bool = False
@@ -70,6 +73,21 @@ class TrainConfig:
     # --resources='{"h100": 8}' (CPU and GPU come from cpus_per_worker and use_gpu).
     resources_per_worker: dict[str, PositiveFloat] = field(default_factory=dict)
     threads_per_worker: PositiveInt | None = None  # torch intra-op threads; Ray sets 1 per CPU by default
+    # Worker failures Ray Train recovers from (restart from the last checkpoint); -1: unlimited.
+    max_failures: Annotated[int, Range(ge=-1)] = 0
+
+    def ray_resources(self) -> dict[str, float]:
+        """Each worker's Ray resources besides the GPU (``ScalingConfig.resources_per_worker``)."""
+        return {"CPU": self.cpus_per_worker, **self.resources_per_worker}
+
+    def validate(self, path: str) -> None:
+        for name in self.resources_per_worker:
+            if name in ("CPU", "GPU"):
+                raise SpecError(f"{path}.resources_per_worker.{name}", "use cpus_per_worker / use_gpu")
+
+
+@dataclass
+class TrainConfig(WorkerResources):
     batch_size: PositiveInt = 32  # global: split evenly over workers
     epochs: PositiveInt = 10
     max_steps: PositiveInt | None = None  # None: every step of the epochs
@@ -82,17 +100,13 @@ class TrainConfig:
     log_every: PositiveInt = 10  # steps between logged metrics (a modulo: 0 cannot work)
     checkpoint_every: PositiveInt | None = None  # steps between checkpoints (resume points); None: the last
     keep_checkpoints: PositiveInt = 2  # the newest N checkpoints are kept in the run directory
-    # Worker failures Ray Train recovers from (restart from the last checkpoint); -1: unlimited.
-    max_failures: Annotated[int, Range(ge=-1)] = 0
     eval_every: PositiveInt | None = None  # steps between dev-split retrieval evaluations; None: never
     # Which weights the export holds: the last step's, or those with the best mean dev R@5 / lowest dev loss.
     select: Literal["last", "best_dev_R@5", "best_dev_loss"] = "last"
     seed: Seed = 0
 
     def validate(self, path: str) -> None:
-        for name in self.resources_per_worker:
-            if name in ("CPU", "GPU"):
-                raise SpecError(f"{path}.resources_per_worker.{name}", "use cpus_per_worker / use_gpu")
+        super().validate(path)
         if self.batch_size % self.num_workers:
             raise SpecError(
                 f"{path}.batch_size",

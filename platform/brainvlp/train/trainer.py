@@ -88,14 +88,15 @@ def run_pretrain(
     (run_dir / "deepspeed.json").write_text(
         json.dumps(deepspeed_config(spec.deepspeed, micro, spec.train.use_gpu))
     )
-    resources = {"CPU": spec.train.cpus_per_worker, **spec.train.resources_per_worker}
     feed = ProgressFeed("pretrain", steps) if show_progress else nullcontext()
     config = {"spec": to_plain(spec), "index": index, "run_dir": str(run_dir.resolve())}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={**config, "progress": getattr(feed, "queue", None)},
         scaling_config=ScalingConfig(
-            num_workers=spec.train.num_workers, use_gpu=spec.train.use_gpu, resources_per_worker=resources
+            num_workers=spec.train.num_workers,
+            use_gpu=spec.train.use_gpu,
+            resources_per_worker=spec.train.ray_resources(),
         ),
         datasets=datasets(spec),
         # Only the training split is sharded over workers; every worker evaluates the whole dev split.
