@@ -16,6 +16,8 @@ from brainvlp.data.shards import FORMAT
 from brainvlp.errors import MissingInputError, UserError
 from brainvlp.inputs import check_inputs
 from brainvlp.pipeline import load_spec
+from brainvlp.reportgen.config import ReportGenSpec
+from brainvlp.spec import parse
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = [1, 16, 16, 16]  # C x D x H x W of the fake shards and exports
@@ -283,3 +285,26 @@ def test_the_run_directory_must_be_creatable(tmp_path: Path, monkeypatch) -> Non
 def test_the_probe_leaves_nothing_behind(tmp_path: Path) -> None:
     check_inputs(spec_of(tmp_path, {"kind": "phantom"}))
     assert list(tmp_path.iterdir()) == [tmp_path / "job.yaml"]
+
+
+def test_a_report_generation_judge_is_a_model_directory_with_a_usable_prompt(tmp_path: Path) -> None:
+    judge = tmp_path / "judge"
+    judge.mkdir()
+    (judge / "config.json").write_text("{}")
+    (tmp_path / "prompt.txt").write_text("Compare {reference} with {candidat}.")
+    base = {
+        "kind": "report_generation",
+        "run_name": "rg",
+        "output_root": str(tmp_path / "runs"),
+        "shards": str(fake_shards(tmp_path / "shards")),
+        "models": [{"name": "scratch", "init": "scratch", "vision": {"name": "resnet"}}],
+    }
+    spec = parse(ReportGenSpec, {**base, "scoring": {"judge": {"path": str(judge)}}})
+    check_inputs(spec)
+    spec = parse(ReportGenSpec, {**base, "scoring": {"judge": {"path": str(tmp_path / "nowhere")}}})
+    assert error_of(spec, MissingInputError).startswith("scoring.judge.path: ")
+    prompt = {"path": str(judge), "prompt_file": str(tmp_path / "prompt.txt")}
+    spec = parse(ReportGenSpec, {**base, "scoring": {"judge": prompt}})
+    assert error_of(spec).startswith(
+        "scoring.judge.prompt_file: the template must contain only the placeholders"
+    )

@@ -21,6 +21,7 @@ from brainvlp.pipeline import load_spec
 from brainvlp.reportgen.examples import example_block
 from brainvlp.reportgen.scoring import score_runs
 from brainvlp.reportgen.scoring import write_report as write_rg_report
+from test_green_judge import RESPONSE
 
 FRONTAL = Lesion("left_frontal_lobe", (2.5, 2.0, 1.5), True, True)
 CEREBELLUM = Lesion("cerebellum", (1.2, 1.0, 0.8), False, False)
@@ -67,7 +68,7 @@ def test_report_text_is_escaped_and_garbage_is_harmless() -> None:
     assert "finding-" not in plain and "counts" not in plain
 
 
-def _run_dir(tmp_path: Path, show_examples: bool) -> tuple[Path, object]:
+def _run_dir(tmp_path: Path, show_examples: bool, **scoring) -> tuple[Path, object]:
     """A finished report-generation run (two models, two seeds) without the training: the scoring and the
     report read only the runs' test tables and histories."""
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -82,7 +83,12 @@ def _run_dir(tmp_path: Path, show_examples: bool) -> tuple[Path, object]:
             {"name": "brat", "init": "scratch", "vision": {"name": "resnet", "layers": [1, 1, 1, 1]}},
         ],
         "seeds": 2,
-        "scoring": {"show_examples": show_examples, "num_examples": 2, "bootstrap": {"resamples": 50}},
+        "scoring": {
+            "show_examples": show_examples,
+            "num_examples": 2,
+            "bootstrap": {"resamples": 50},
+            **scoring,
+        },
     }
     spec_file.write_text(yaml.safe_dump(spec))
     loaded = load_spec(spec_file)
@@ -125,3 +131,24 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     # The three highlight colours of the example sentences made it onto the page.
     for colour in ((0xDA, 0xFB, 0xE1), (0xFF, 0xD7, 0xD5), (0xFF, 0xF1, 0xC2)):
         assert (np.abs(rgb - np.array(colour)).max(axis=2) <= 3).sum() > 200, colour
+
+
+def test_a_judge_model_scores_the_clinical_columns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from brainvlp.evaluate import green_judge
+
+    calls = []
+
+    def judge(config, pairs):  # one response follows GREEN's format, the next does not
+        calls.append(len(pairs))
+        return [green_judge.parse_response(RESPONSE if k % 2 == 0 else "") for k in range(len(pairs))]
+
+    monkeypatch.setattr(green_judge, "run_judge", judge)
+    run_dir, spec = _run_dir(tmp_path, show_examples=False, judge={"path": "/models/green"})
+    results = score_runs(spec, run_dir)
+    assert calls == [12]  # every model's and seed's reports in one judge task
+    metrics = results["models"]["brat"]["metrics"]
+    assert metrics["false_findings"][0] == 1.0 and metrics["green"][0] == pytest.approx(0.5)
+    assert "location_accuracy" not in metrics and results["models"]["brat"]["judge_unparsed"] == 3
+    report = write_rg_report(spec, results, run_dir).read_text()
+    assert "judged by the model in `/models/green`" in report and "brat 3/6" in report
+    assert "location_errors ↓" in report

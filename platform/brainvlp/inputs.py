@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from brainvlp.errors import MissingInputError, UserError, one_line
+from brainvlp.evaluate.green_judge import check_prompt
 from brainvlp.spec import SpecError
 
 URI_TIMEOUT_S = 10.0  # a bucket that does not answer in this time is reported as not checked
@@ -135,6 +136,14 @@ class _Checker:
             _check_local(f"{where}generator.language_model.path", lm.path, "dir", holds="config.json")
         if lm.tokenizer not in ("train", "model"):
             _check_local(f"{where}generator.language_model.tokenizer", lm.tokenizer, "dir")
+        judge = spec.scoring.judge
+        if judge is not None:
+            _check_local(f"{where}scoring.judge.path", judge.path, "dir", holds="config.json")
+            if judge.prompt_file is not None:
+                _check_local(f"{where}scoring.judge.prompt_file", judge.prompt_file, "file")
+                problem = check_prompt(Path(judge.prompt_file).expanduser().read_text(errors="replace"))
+                if problem:
+                    raise UserError(f"{where}scoring.judge.prompt_file: {problem}")
 
     def _models(self, where: str, models: Any, facts: dict[str, Any]) -> None:
         """Each model entry's weights exist and (exports) fit the shards."""

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from brainvlp.downstream.config import BootstrapConfig, ModelEntry, check_models
+from brainvlp.evaluate.clinical import EXTRACTORS
+from brainvlp.evaluate.green_judge import JudgeConfig
 from brainvlp.models.config import ReportGeneratorConfig
 from brainvlp.spec import (
     FractionFloat,
@@ -45,10 +47,22 @@ class ScoringConfig:
     # Turns a generated report into structured findings for the clinical comparison (brainvlp.evaluate.
     # clinical): "phantom" reads the phantom's report grammar exactly; None skips the comparison.
     extractor: str | None = "phantom"
+    # GREEN itself: a local judge LM counts each generated report's errors (brainvlp.evaluate.green_judge),
+    # one Ray task on a GPU; its counts replace the extractor's in the table (examples keep the extractor).
+    judge: JudgeConfig | None = None
     # Example reports beside their ground truth in the report (brat Fig. 10). Report text: off unless asked.
     show_examples: bool = False
     num_examples: PositiveInt = 4
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+
+    def validate(self, path: str) -> None:
+        if self.extractor is not None and self.extractor not in EXTRACTORS:
+            raise SpecError(
+                f"{path}.extractor",
+                f"unknown extractor {self.extractor!r}; choose one of: {', '.join(EXTRACTORS)}",
+            )
+        if self.judge is not None and not self.judge.path:
+            raise SpecError(f"{path}.judge.path", "the local directory of the judge model is required")
 
 
 @dataclass

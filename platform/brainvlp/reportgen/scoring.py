@@ -13,7 +13,8 @@ asks for them (``scoring.show_examples``).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,67 +26,121 @@ from brainvlp.evaluate.nlg import bootstrap_ci
 from brainvlp.reportgen.config import NLG_METRICS, ReportGenSpec
 from brainvlp.reportgen.examples import LEGEND, example_block
 
-CLINICAL = ("false_findings", "missing_findings", "location_accuracy", "severity_accuracy", "green")
-LOWER_IS_BETTER = {"false_findings", "missing_findings"}
+CLINICAL = ("false_findings", "missing_findings", "location_errors", "severity_errors", "location_accuracy",
+            "severity_accuracy", "green")  # fmt: skip
+LOWER_IS_BETTER = {"false_findings", "missing_findings", "location_errors", "severity_errors"}
+Tables = dict[str, list[list[dict[str, Any]]]]  # model -> seed -> test rows
 
 
 def score_runs(spec: ReportGenSpec, run_dir: Path) -> dict[str, Any]:
     """Every model's metrics with intervals, and each run's history (for the curves)."""
-    extractor = get_extractor(spec.scoring.extractor) if spec.scoring.extractor else None
     boot = spec.scoring.bootstrap
+    tables: Tables = {
+        entry.name: [pq.read_table(run_dir / entry.name / f"seed{seed}" / "test.parquet").to_pylist()
+                     for seed in range(spec.seeds)]
+        for entry in spec.models
+    }  # fmt: skip
+    clinical = _judged(spec, tables) if spec.scoring.judge else _extracted(spec, tables)
     models = {}
-    for entry in spec.models:
-        tables = [pq.read_table(run_dir / entry.name / f"seed{seed}" / "test.parquet").to_pylist()
-                  for seed in range(spec.seeds)]  # fmt: skip
-        references = [row["reference"] for row in tables[0]]
-        hypotheses = [[row["generated"] for row in table] for table in tables]
+    for name, runs in tables.items():
+        references = [row["reference"] for row in runs[0]]
+        hypotheses = [[row["generated"] for row in table] for table in runs]
         nlg = bootstrap_ci(references, hypotheses, n_boot=boot.resamples, seed=0, level=boot.level)
         scores: dict[str, Any] = {metric: list(nlg[metric]) for metric in NLG_METRICS if metric in nlg}
-        if extractor is not None:
-            scores.update(_clinical(tables, extractor, boot.resamples, boot.level))
-        models[entry.name] = {
-            "metrics": scores,
-            "histories": [_history(run_dir / entry.name / f"seed{seed}") for seed in range(spec.seeds)],
+        models[name] = {
+            "metrics": {**scores, **clinical.get(name, {}).get("metrics", {})},
+            "histories": [_history(run_dir / name / f"seed{seed}") for seed in range(spec.seeds)],
             "num_test_studies": len(references),
+            **{k: v for k, v in clinical.get(name, {}).items() if k != "metrics"},
         }
-    results = {"models": models, "seeds": spec.seeds, "extractor": spec.scoring.extractor}
+    source = "judge" if spec.scoring.judge else "extractor"
+    results = {"models": models, "seeds": spec.seeds, "clinical": source, "extractor": spec.scoring.extractor}
     (run_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     return results
 
 
-def _clinical(
-    tables: Sequence[list[dict[str, Any]]], extractor: Any, resamples: int, level: float
-) -> dict[str, list[float]]:
-    """GREEN's categories: per-study means of the error counts and of GREEN, and location and severity
-    accuracy pooled over studies (as ``evaluate.clinical.summarize``), averaged over seeds; intervals
-    resample studies (paired across seeds) and seeds."""
-    fields = ("false_findings", "missing_findings", "green", "location_correct", "location_total",
-              "severity_correct", "severity_total")  # fmt: skip
-    compared = [
-        [compare_findings(json.loads(row["findings"] or "{}"), extractor(row["generated"])) for row in table]
-        for table in tables
+def _extracted(spec: ReportGenSpec, tables: Tables) -> dict[str, dict[str, Any]]:
+    """GREEN's categories from the findings the extractor reads: per-study means of the error counts and
+    of GREEN, and location and severity accuracy pooled over studies (as ``evaluate.clinical.summarize``),
+    averaged over seeds."""
+    if spec.scoring.extractor is None:
+        return {}
+    extractor = get_extractor(spec.scoring.extractor)
+    results = {}
+    for name, runs in tables.items():
+        compared = [[compare_findings(json.loads(row["findings"] or "{}"), extractor(row["generated"]))
+                     for row in table] for table in runs]  # fmt: skip
+        results[name] = {"metrics": _bootstrap(compared, _extractor_summary, spec)}
+    return results
+
+
+def _extractor_summary(picked: dict[str, np.ndarray]) -> dict[str, float]:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "false_findings": float(picked["false_findings"].mean()),
+            "missing_findings": float(picked["missing_findings"].mean()),
+            "location_accuracy": float(
+                np.mean(picked["location_correct"].sum(1) / picked["location_total"].sum(1))
+            ),
+            "severity_accuracy": float(
+                np.mean(picked["severity_correct"].sum(1) / picked["severity_total"].sum(1))
+            ),
+            "green": float(picked["green"].mean()),
+        }
+
+
+def _judged(spec: ReportGenSpec, tables: Tables) -> dict[str, dict[str, Any]]:
+    """GREEN's counts from the judge model, one Ray task for every model's and seed's reports; responses
+    that do not follow GREEN's format are counted and left out of the means."""
+    from brainvlp.evaluate.green_judge import run_judge, unparsed
+
+    pairs = [
+        (row["reference"], row["generated"]) for runs in tables.values() for table in runs for row in table
     ]
-    values = {f: np.array([[study[f] for study in seed] for seed in compared], np.float64) for f in fields}
+    print(f"report_generation: GREEN judge on {len(set(pairs))} distinct report pairs")
+    judged = iter(run_judge(spec.scoring.judge, pairs))  # type: ignore[arg-type]
+    results = {}
+    for name, runs in tables.items():
+        counts = [[next(judged) for _ in table] for table in runs]
+        results[name] = {
+            "metrics": _bootstrap(counts, _judge_summary, spec),
+            "judge_unparsed": sum(unparsed(seed) for seed in counts),
+        }
+    return results
 
-    def summary(seeds: np.ndarray, rows: np.ndarray) -> list[float]:
-        picked = {f: v[np.ix_(seeds, rows)] for f, v in values.items()}  # S' x N' each
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return [
-                float(picked["false_findings"].mean()),
-                float(picked["missing_findings"].mean()),
-                float(np.mean(picked["location_correct"].sum(1) / picked["location_total"].sum(1))),
-                float(np.mean(picked["severity_correct"].sum(1) / picked["severity_total"].sum(1))),
-                float(picked["green"].mean()),
-            ]
 
-    seeds, studies = values["green"].shape
-    point = summary(np.arange(seeds), np.arange(studies))
+def _judge_summary(picked: dict[str, np.ndarray]) -> dict[str, float]:
+    names = ("false_findings", "missing_findings", "location_errors", "severity_errors", "green")
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN resamples (every response unparsed)
+        return {name: float(np.nanmean(picked[name])) for name in names}
+
+
+def _bootstrap(
+    per_study: Sequence[Sequence[dict[str, float]]],
+    summary: Callable[[dict[str, np.ndarray]], dict[str, float]],
+    spec: ReportGenSpec,
+) -> dict[str, list[float]]:
+    """``summary`` of the seeds' per-study values, with a percentile interval that resamples studies
+    (paired across seeds) and seeds."""
+    boot = spec.scoring.bootstrap
+    if not per_study or not per_study[0]:
+        return {}
+    values = {
+        f: np.array([[study[f] for study in seed] for seed in per_study], np.float64) for f in per_study[0][0]
+    }
+    seeds, studies = len(per_study), len(per_study[0])
+    point = summary(values)
     rng = np.random.default_rng(0)
-    draws = np.array([summary(rng.integers(0, seeds, seeds), rng.integers(0, studies, studies))
-                      for _ in range(resamples)])  # fmt: skip
-    tail = (1 - level) / 2
-    low, high = np.nanquantile(draws, [tail, 1 - tail], axis=0)
-    return {name: [point[k], float(low[k]), float(high[k])] for k, name in enumerate(CLINICAL)}
+    draws = []
+    for _ in range(boot.resamples):
+        rows, cols = rng.integers(0, seeds, seeds), rng.integers(0, studies, studies)
+        draws.append(list(summary({f: v[np.ix_(rows, cols)] for f, v in values.items()}).values()))
+    tail = (1 - boot.level) / 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = np.nanquantile(np.array(draws), [tail, 1 - tail], axis=0)
+    return {name: [point[name], float(low[k]), float(high[k])] for k, name in enumerate(point)}
 
 
 def _history(directory: Path) -> list[dict[str, Any]]:
@@ -107,14 +162,7 @@ def write_report(spec: ReportGenSpec, results: dict[str, Any], run_dir: Path) ->
         *_table(models, NLG_METRICS),
     ]
     if any(m in r["metrics"] for r in models.values() for m in CLINICAL):
-        lines += [
-            "",
-            f"Clinical accuracy: GREEN's categories from the findings that the `{spec.scoring.extractor}` "
-            "extractor reads in each generated report (false and missing findings per study; location "
-            "and severity accuracy; GREEN per study).",
-            "",
-            *_table(models, CLINICAL),
-        ]
+        lines += ["", _clinical_caption(spec, models), "", *_table(models, CLINICAL)]
     lines += ["", "![training and dev loss per epoch, every seed](curves.png)"]
     _plot_curves(models, run_dir / "curves.png")
     if spec.scoring.show_examples:
@@ -125,6 +173,22 @@ def write_report(spec: ReportGenSpec, results: dict[str, Any], run_dir: Path) ->
 
     write_html_report(path)
     return path
+
+
+def _clinical_caption(spec: ReportGenSpec, models: dict[str, Any]) -> str:
+    if spec.scoring.judge is None:
+        return (
+            f"Clinical accuracy: GREEN's categories from the findings that the `{spec.scoring.extractor}` "
+            "extractor reads in each generated report (false and missing findings per study; location and "
+            "severity accuracy; GREEN per study)."
+        )
+    unparsed = ", ".join(f"{name} {m['judge_unparsed']}/{m['num_test_studies'] * spec.seeds}"
+                         for name, m in models.items())  # fmt: skip
+    return (
+        f"Clinical accuracy: GREEN, judged by the model in `{spec.scoring.judge.path}` (clinically "
+        "significant errors per study: false, missing, misplaced and misjudged findings; GREEN per study). "
+        f"Responses that did not follow GREEN's format, left out of the means: {unparsed}."
+    )
 
 
 def _table(models: dict[str, Any], metrics: Sequence[str]) -> list[str]:
