@@ -122,7 +122,7 @@ def test_nifti_files_load_with_grid_affine(dataset: Path) -> None:
             assert np.allclose(image.header.get_zooms(), CONFIG.resolved_voxel_size)
             assert nib.aff2axcodes(image.affine) == ("R", "A", "S")
         mask = np.asarray(nib.load(dataset / row["mask"]).dataobj)
-        assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1, 2}
+        assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1, 2, 3}
 
 
 def test_corrupt_studies_are_unreadable_but_listed(dataset: Path) -> None:
@@ -148,7 +148,7 @@ def test_lesions_lie_in_the_brain_in_their_named_region(studies: list) -> None:
             assert template.brain[tuple(np.round(centroid).astype(int))]
             checked += 1
         if study.lesions and max(lesion.largest_cm for lesion in study.lesions) >= 1.5:
-            assert (study.mask == 1).any()
+            assert np.isin(study.mask, (1, 3)).any()  # a tumour core: enhancing or not
     assert checked >= 5
 
 
@@ -205,6 +205,25 @@ def test_contrasts_differ_and_no_two_studies_are_identical(studies: list) -> Non
 
 def _lesion(location: str, size: float = 1.0, oedema: bool = False) -> Lesion:
     return Lesion(location, (size, size, size), enhancing=False, oedema=oedema)
+
+
+def test_masks_carry_brats_labels_that_agree_with_the_images_and_findings(studies: list) -> None:
+    """Enhancing tumour (3) exactly when a lesion enhances, bright on T1c; necrotic / non-enhancing core (1)
+    dark on T1c; oedema (2) bright on FLAIR: each BraTS region is there to be learnt."""
+    enhancing_seen = core_seen = 0
+    enhancing = [study for study in studies if study.findings["enhancing_lesion"]]
+    for study in studies:
+        labels = set(np.unique(study.mask).tolist())
+        assert labels <= {0, 1, 2, 3}
+        assert 3 not in labels or study.findings["enhancing_lesion"]
+        t1c = study.images["t1c"].astype(float)
+        if (study.mask == 3).sum() >= 5 and (study.mask == 1).sum() >= 5:
+            assert t1c[study.mask == 3].mean() > t1c[study.mask == 1].mean()
+            enhancing_seen += 1
+        core_seen += 1 in labels
+    assert enhancing_seen >= 1 and core_seen >= 1
+    # A sub-voxel enhancing focus may vanish when the mask is warped (nearest neighbour) to the subject.
+    assert sum((study.mask == 3).any() for study in enhancing) >= 0.8 * len(enhancing) > 0
 
 
 def test_findings_rules() -> None:

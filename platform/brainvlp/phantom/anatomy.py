@@ -251,6 +251,11 @@ def white_matter_hyperintensities(template: Template, rng: np.random.Generator) 
     )
 
 
+def necrotic_centre(placed: PlacedLesion) -> np.ndarray:
+    """The dark, non-enhancing centre of a necrotic core (``paint`` draws it, the mask labels it NCR)."""
+    return placed.core & (placed.distance < 0.55)
+
+
 def paint(
     template: Template,
     lesions: list[tuple[PlacedLesion, bool, bool]],
@@ -271,7 +276,7 @@ def paint(
     for placed, enhancing, necrotic in lesions:
         t1c[placed.oedema] *= 0.85
         flair[placed.oedema] = np.maximum(flair, 1.25 * grain)[placed.oedema]
-        centre = placed.core & (placed.distance < 0.55) if necrotic else np.zeros_like(placed.core)
+        centre = necrotic_centre(placed) if necrotic else np.zeros_like(placed.core)
         t1c[placed.core] = ((1.8 if enhancing else 0.35) * grain)[placed.core]
         flair[placed.core] = (1.6 * grain)[placed.core]
         t1c[centre], flair[centre] = 0.35, 1.0

@@ -3,7 +3,8 @@
 ``generate_phantom`` writes, under ``out_dir``::
 
     images/<study_id>_<seq>.nii.gz   int16, RAS affine with the isotropic voxel size (one file per sequence)
-    masks/<study_id>_mask.nii.gz     uint8 lesion mask: 0 background, 1 lesion core, 2 perilesional oedema
+    masks/<study_id>_mask.nii.gz     uint8 tumour mask, BraTS labels (``MASK_LABELS``): 0 background,
+                                     1 necrotic / non-enhancing core, 2 oedema, 3 enhancing tumour
     reports.csv                      study_id, report
     findings.csv                     study_id + one column per finding (true/false, locations ';'-joined)
     lesions.csv                      ground truth per lesion (location, diameters, template-space centre)
@@ -43,6 +44,7 @@ from brainvlp.phantom.anatomy import (
     PlacedLesion,
     Template,
     load_template,
+    necrotic_centre,
     paint,
     place_lesion,
     scanner_signal,
@@ -165,6 +167,11 @@ def _draw_cavity(
     return None
 
 
+# BraTS 2023's labels (NCR 1, ED 2, ET 3): a segmentation spec's regions are sets of them, e.g. whole tumour
+# {1, 2, 3}, tumour core {1, 3}, enhancing tumour {3}.
+MASK_LABELS = {"core": 1, "oedema": 2, "enhancing": 3}
+
+
 @dataclass(frozen=True)
 class _Pathology:
     """What the plan stream drew for one study, placed in template space."""
@@ -199,13 +206,20 @@ def _draw_pathology(config: PhantomConfig, template: Template, index: int) -> _P
 def _label_maps(
     template: Template, drawn: list[tuple[Lesion, PlacedLesion]]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Template-space mask (1 core, 2 oedema) and per-lesion core ids."""
+    """Template-space BraTS mask and per-lesion core ids. Labels follow what ``paint`` draws, so every
+    region is visible in the images: an enhancing core is enhancing tumour (bright on T1c) except its
+    necrotic centre (dark), a non-enhancing core is non-enhancing tumour core; oedema surrounds them. The
+    enhancing label is present exactly when the ``enhancing_lesion`` finding is true."""
     mask = np.zeros(template.shape, dtype=np.uint8)
     labels = np.zeros(template.shape, dtype=np.uint8)
     for number, (_, placed) in enumerate(drawn, start=1):
-        mask[placed.oedema & (mask == 0)] = 2
+        mask[placed.oedema & (mask == 0)] = MASK_LABELS["oedema"]
         labels[placed.core] = number
-    mask[labels > 0] = 1
+    for number, (lesion, placed) in enumerate(drawn, start=1):
+        core = labels == number
+        mask[core] = MASK_LABELS["enhancing" if lesion.enhancing else "core"]
+        if lesion.necrotic:
+            mask[core & necrotic_centre(placed)] = MASK_LABELS["core"]
     return mask, labels
 
 
