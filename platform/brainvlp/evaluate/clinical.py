@@ -31,9 +31,10 @@ and the generated findings. Per study:
   positive finding scores 1: a normal study reported as normal is a correct report.
 
 ``summarize`` averages these over studies. The extractor is chosen by name (``get_extractor``): the exact
-phantom reader for phantom data; a rule-based reader for real reports and a local GREEN judge model can
-be registered in ``EXTRACTORS`` later. Entries are imported only when asked for, so this layer does not
-depend on the phantom (docs/architecture.md).
+phantom reader (``"phantom"``) for phantom data, the rule-based reader of ``evaluate.rules_extract``
+(``"rules"``) for real reports. A local GREEN judge model is no extractor: it counts the errors itself
+(``evaluate.green_judge``). Entries are imported only when asked for, so this layer does not depend on
+the phantom (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -45,9 +46,12 @@ from typing import Any
 
 from brainvlp.findings import positive_findings
 
-# Extractor name -> "module:function" taking report text and returning its findings. To come: "rules"
-# (a rule-based reader of real reports) and "green" (a local GREEN judge model).
-EXTRACTORS: dict[str, str] = {"phantom": "brainvlp.phantom.extract:extract_phantom_findings"}
+# Extractor name -> "module:function" taking report text and returning its findings: "phantom" reads the
+# phantom's grammar exactly, "rules" real reports by NegEx-style rules (the GREEN judge is separate).
+EXTRACTORS: dict[str, str] = {
+    "phantom": "brainvlp.phantom.extract:extract_phantom_findings",
+    "rules": "brainvlp.evaluate.rules_extract:extract_rule_findings",
+}
 
 _LOCATION_KEYS = ("side", "tumor_location")  # one value each: a different value is a misplaced finding
 _SEVERITY_KEYS = ("lesion_count_bucket", "largest_mass_bucket")  # graded: a different value misjudges it
