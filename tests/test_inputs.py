@@ -13,6 +13,7 @@ import yaml
 
 from brainvlp import inputs
 from brainvlp.data.shards import FORMAT
+from brainvlp.downstream.config import DownstreamSpec
 from brainvlp.errors import MissingInputError, UserError
 from brainvlp.inputs import check_inputs
 from brainvlp.pipeline import load_spec
@@ -308,3 +309,17 @@ def test_a_report_generation_judge_is_a_model_directory_with_a_usable_prompt(tmp
     assert error_of(spec).startswith(
         "scoring.judge.prompt_file: the template must contain only the placeholders"
     )
+
+
+def test_a_segmentation_patch_must_fit_the_volumes(tmp_path: Path) -> None:
+    base = {
+        "kind": "downstream",
+        "run_name": "seg",
+        "output_root": str(tmp_path / "runs"),
+        "shards": str(fake_shards(tmp_path / "shards")),
+        "task": {"type": "segmentation"},
+        "models": [{"name": "nnunet", "init": "scratch", "network": "dynunet"}],
+    }
+    check_inputs(parse(DownstreamSpec, {**base, "fit": {"patch_size": SHAPE[1:]}}))
+    too_big = parse(DownstreamSpec, {**base, "fit": {"patch_size": [SHAPE[1] + 1, *SHAPE[2:]]}})
+    assert error_of(too_big).startswith("fit.patch_size: ")

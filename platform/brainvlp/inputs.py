@@ -125,6 +125,16 @@ class _Checker:
         if spec.protocol.external_test:
             self._require_splits(f"{where}protocol.external_test", facts, [spec.protocol.external_test])
         self._models(where, spec.models, facts)
+        patch, shape = spec.fit.patch_size, facts.get("volume_shape")
+        if (
+            spec.task.type == "segmentation"
+            and patch
+            and shape
+            and any(p > s for p, s in zip(patch, shape[1:], strict=True))
+        ):
+            raise UserError(
+                f"{where}fit.patch_size: {list(patch)} exceeds the volumes' D x H x W {list(shape[1:])}"
+            )
 
     def report_generation(self, where: str, spec: Any, top: Any) -> None:
         facts = self._shards(f"{where}shards", spec.shards, top)

@@ -42,11 +42,20 @@ class ModelEntry:
     image_pool: Literal["mean", "flatten"] | None = None  # default: the export's, else mean
     prefix: str = ""  # state_dict: keep the tensors whose names start with it, without it
     adapter: Literal["none", "lavis"] = "none"  # lavis: a published brat (LAVIS / BLIP-2) checkpoint
+    # Segmentation only: the entry's backbone under a U-Net decoder, or MONAI's DynUNet (nnU-Net's network,
+    # brat's baseline; init scratch, no vision).
+    network: Literal["encoder_unet", "dynunet"] = "encoder_unet"
     mode: Literal["linear_probe", "finetune"] = "finetune"
     freeze_stages: NonNegativeInt = 0  # finetune: freeze the first k backbone stages (pLGG)
     dropout: DropoutFloat = 0.0
 
     def validate(self, path: str) -> None:
+        if self.network == "dynunet":
+            if self.init != "scratch" or self.vision is not None:
+                raise SpecError(
+                    f"{path}.network", "dynunet is a whole network from scratch: init scratch, no vision"
+                )
+            return
         if self.init != "export" and self.vision is None:
             raise SpecError(f"{path}.vision", f"required for init {self.init!r} (exports carry their own)")
         if self.init == "export" and self.vision is not None:
@@ -79,6 +88,13 @@ class FitConfig:
     explain_threshold: Annotated[float, Range(ge=0, lt=1)] = 0.01
     explain_studies: NonNegativeInt = 16  # explained test studies per run (with a lesion): Grad-CAM's cost
     keep_heat_maps: NonNegativeInt = 2  # explanation maps a run returns for the report's overlays
+    # Segmentation: training crops (None: whole volumes) and sliding-window inference over whole volumes.
+    patch_size: tuple[PositiveInt, PositiveInt, PositiveInt] | None = None
+    sw_overlap: Annotated[float, Range(ge=0, lt=1)] = 0.5
+    # Segmentation: the share of each run's training studies (by patient) held out to select the epoch
+    # with the best mean Dice, evaluated every ``eval_every`` epochs.
+    dev_fraction: Annotated[float, Range(gt=0, lt=1)] = 0.15
+    eval_every: PositiveInt = 1
 
 
 @dataclass
@@ -124,6 +140,13 @@ class DownstreamSpec(JobSpec):
 
     def validate(self, path: str) -> None:
         check_models(self.models, self.shards, path, "list at least one model to train")
+        segmentation = self.task.type == "segmentation"
+        for index, entry in enumerate(self.models):
+            where = f"{path}.models.{index}".lstrip(".")
+            if segmentation and entry.mode == "linear_probe":
+                raise SpecError(f"{where}.mode", "segmentation fine-tunes (freeze_stages freezes a part)")
+            if not segmentation and entry.network != "encoder_unet":
+                raise SpecError(f"{where}.network", "a network other than the encoder is for segmentation")
 
 
 def check_models(models: tuple[ModelEntry, ...], shards: str | None, path: str, none_given: str) -> None:

@@ -105,6 +105,10 @@ def _embed(entry: ModelEntry, init: dict[str, Any], data: TaskData, batch_size: 
 def run_downstream(spec: DownstreamSpec, run_dir: Path) -> dict[str, Any]:
     if spec.shards is None:
         raise SpecError("shards", "required: the output directory of an ingest job")
+    if spec.task.type == "segmentation":
+        from brainvlp.downstream.seg_job import run_segmentation
+
+        return run_segmentation(spec, run_dir)
     data, labels, patients = load_task_data(spec, spec.protocol.splits)
     counts = np.bincount(data.y, minlength=len(labels.class_names)) if data.y.ndim == 1 else data.y.sum(0)
     print(

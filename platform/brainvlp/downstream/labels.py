@@ -20,24 +20,38 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 
 from brainvlp.errors import UserError
 from brainvlp.findings import LOCATIONS
-from brainvlp.spec import SpecError
+from brainvlp.spec import Range, SpecError
+
+# BraTS 2023's regions over its labels (1 necrotic / non-enhancing core, 2 oedema, 3 enhancing tumour).
+BRATS_REGIONS = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
 
 
 @dataclass
 class TaskConfig:
     name: str = "task"  # shown in reports, e.g. "tumour location"
     finding: str = "tumor_location"  # a key of the findings JSON
-    type: Literal["binary", "multiclass", "multilabel"] = "multiclass"
+    type: Literal["binary", "multiclass", "multilabel", "segmentation"] = "multiclass"
     classes: tuple[str, ...] = ()  # multiclass / multilabel: the classes, in order; default: see above
     positive: str | None = None  # binary on a categorical finding: the value that counts as positive
+    # segmentation: region name -> the mask labels it unites; overlapping regions are independent sigmoid
+    # channels, as BraTS models train them. Default: BRATS_REGIONS (whole tumour, tumour core, enhancing).
+    regions: dict[str, tuple[Annotated[int, Range(ge=1, le=255)], ...]] = field(default_factory=dict)
+
+    @property
+    def region_labels(self) -> dict[str, tuple[int, ...]]:
+        return dict(self.regions or BRATS_REGIONS)
 
     def validate(self, path: str) -> None:
+        if self.type == "segmentation":
+            self._validate_segmentation(path)
+        elif self.regions:
+            raise SpecError(f"{path}.regions", f"only segmentation tasks take regions, not {self.type}")
         if self.type == "binary" and self.classes:
             raise SpecError(f"{path}.classes", "binary tasks take `positive` (for categorical findings)")
         if self.type != "binary" and self.positive is not None:
@@ -46,6 +60,15 @@ class TaskConfig:
             raise SpecError(f"{path}.classes", f"classes repeat: {list(self.classes)}")
         if self.type == "multiclass" and len(self.classes) == 1:
             raise SpecError(f"{path}.classes", "a multiclass task needs at least two classes")
+
+    def _validate_segmentation(self, path: str) -> None:
+        if self.classes or self.positive is not None:
+            raise SpecError(f"{path}.classes", "a segmentation task takes regions, not classes or positive")
+        for name, labels in self.regions.items():
+            if not labels:
+                raise SpecError(
+                    f"{path}.regions.{name}", "list the mask labels the region unites, e.g. [1, 3]"
+                )
 
 
 @dataclass
