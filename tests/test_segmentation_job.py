@@ -92,8 +92,8 @@ def test_sliding_windows_cover_a_volume_larger_than_the_patch() -> None:
     """A position-wise model predicts the same through 8^3 windows as on the whole 16 x 20 x 12 volume."""
     model = nn.Conv3d(2, 3, 1)
     volume = torch.randn(2, 2, 16, 20, 12)
-    windows = predict(model, volume, FitConfig(patch_size=(8, 8, 8), batch_size=3))
-    whole = predict(model, volume, FitConfig(patch_size=None))
+    windows = predict(model, volume, FitConfig(window=(8, 8, 8), batch_size=3))
+    whole = predict(model, volume, FitConfig())
     assert windows.shape == (2, 3, 16, 20, 12) and windows.dtype == torch.bool
     assert torch.equal(windows, whole)
 

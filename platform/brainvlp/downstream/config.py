@@ -45,6 +45,7 @@ class ModelEntry:
     # Segmentation only: the entry's backbone under a U-Net decoder, or MONAI's DynUNet (nnU-Net's network,
     # brat's baseline; init scratch, no vision).
     network: Literal["encoder_unet", "dynunet"] = "encoder_unet"
+    base_filters: PositiveInt = 32  # dynunet: the first level's width (nnU-Net's 32), doubling up to 320
     mode: Literal["linear_probe", "finetune"] = "finetune"
     freeze_stages: NonNegativeInt = 0  # finetune: freeze the first k backbone stages (pLGG)
     dropout: DropoutFloat = 0.0
@@ -56,6 +57,8 @@ class ModelEntry:
                     f"{path}.network", "dynunet is a whole network from scratch: init scratch, no vision"
                 )
             return
+        if self.base_filters != 32:
+            raise SpecError(f"{path}.base_filters", "sets the width of network: dynunet only")
         if self.init != "export" and self.vision is None:
             raise SpecError(f"{path}.vision", f"required for init {self.init!r} (exports carry their own)")
         if self.init == "export" and self.vision is not None:
@@ -88,8 +91,11 @@ class FitConfig:
     explain_threshold: Annotated[float, Range(ge=0, lt=1)] = 0.01
     explain_studies: NonNegativeInt = 16  # explained test studies per run (with a lesion): Grad-CAM's cost
     keep_heat_maps: NonNegativeInt = 2  # explanation maps a run returns for the report's overlays
-    # Segmentation: training crops (None: whole volumes) and sliding-window inference over whole volumes.
+    # Segmentation: training crops (None: whole volumes), and inference over whole volumes, in one pass
+    # (fully convolutional networks take any size) or, with ``window``, in sliding windows of that size
+    # overlapping by ``sw_overlap`` (for volumes or networks that do not fit the device whole).
     patch_size: tuple[PositiveInt, PositiveInt, PositiveInt] | None = None
+    window: tuple[PositiveInt, PositiveInt, PositiveInt] | None = None
     sw_overlap: Annotated[float, Range(ge=0, lt=1)] = 0.5
     # Segmentation: the share of each run's training studies (by patient) held out to select the epoch
     # with the best mean Dice, evaluated every ``eval_every`` epochs.

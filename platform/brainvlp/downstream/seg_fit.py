@@ -7,8 +7,9 @@ studies' masks, selected on held-out training studies by mean Dice, and scored o
   would apply a softmax cross-entropy across the channels, which treats overlapping regions as exclusive
   classes, so the cross-entropy half is ``binary_cross_entropy_with_logits`` instead.
 - Patches: with ``fit.patch_size`` each training volume is cropped by MONAI's ``RandCropByPosNegLabel``
-  (half the crops centred on tumour, as nnU-Net oversamples foreground); inference always covers the whole
-  volume with MONAI's ``sliding_window_inference`` (Gaussian blending, ``fit.sw_overlap``).
+  (half the crops centred on tumour, as nnU-Net oversamples foreground); inference covers the whole
+  volume, in one pass or in MONAI's ``sliding_window_inference`` of ``fit.window`` (Gaussian blending,
+  ``fit.sw_overlap``).
 - Dev selection: ``fit.dev_fraction`` of the run's training studies, by patient, is held out; every
   ``fit.eval_every`` epochs the mean Dice over regions and dev studies is measured, and the best epoch's
   weights are the run's.
@@ -66,7 +67,7 @@ class SegResult:
 def build_segmentation_model(entry: ModelEntry, init: dict[str, Any] | None, data: SegData) -> nn.Module:
     channels, shape, regions = data.volumes_NCDHW.shape[1], data.volumes_NCDHW.shape[2:], len(data.regions)
     if entry.network == "dynunet":
-        return build_dynunet(channels, regions, tuple(shape))
+        return build_dynunet(channels, regions, tuple(shape), base_filters=entry.base_filters)
     assert init is not None
     try:
         return build_segmenter(init["vision"], channels, regions, entry.freeze_stages, init["state_dict"])
@@ -99,8 +100,8 @@ def _crop(volume_BCDHW: torch.Tensor, target_BRDHW: torch.Tensor, patch: tuple[i
 
 
 def predict(model: nn.Module, volume_BCDHW: torch.Tensor, fit: FitConfig) -> torch.Tensor:
-    """Binary region masks B x R x D x H x W of whole volumes (sliding windows of the training patch)."""
-    roi = fit.patch_size or tuple(volume_BCDHW.shape[2:])
+    """Binary region masks B x R x D x H x W of whole volumes (in sliding windows of ``fit.window``)."""
+    roi = fit.window or tuple(volume_BCDHW.shape[2:])
     with torch.no_grad():
         logits = sliding_window_inference(volume_BCDHW, roi, fit.batch_size, model, overlap=fit.sw_overlap,
                                           mode="gaussian")  # fmt: skip
