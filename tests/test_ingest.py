@@ -21,7 +21,7 @@ import yaml
 
 from brainvlp.data.ingest import IngestSpec, run_ingest
 from brainvlp.data.shards import decode_volumes, sha256_file
-from brainvlp.spec import parse
+from brainvlp.spec import SpecError, parse
 from volumes import RAS_AFFINE, SMALL_INGEST, labels, phantom, reject_cases, reoriented, save
 
 REPO = Path(__file__).resolve().parents[1]
@@ -254,3 +254,30 @@ def test_an_ingest_killed_mid_run_resumes_to_identical_shards(
 def _spec_body(run_dir: Path) -> dict:
     spec = yaml.safe_load((run_dir.parent / "ingest.yaml").read_text())
     return {k: v for k, v in spec.items() if k not in ("output_root", "run_name")}
+
+
+def test_an_image_only_ingest_stores_masks_without_reports(local_ray, tmp_path: Path) -> None:
+    """BraTS-like data: images and masks, no report column at all (columns.report: null)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    head = nib.Nifti1Image(phantom(), RAS_AFFINE)
+    mask = nib.Nifti1Image((phantom() > phantom().mean()).astype(np.uint8) * 3, RAS_AFFINE)
+    rows = [
+        {"patient_id": f"P{k}", "study_id": f"S{k}", "t1c": save(images / f"{k}.nii.gz", head),
+         "flair": save(images / f"{k}f.nii.gz", head), "mask": save(images / f"{k}m.nii.gz", mask)}
+        for k in range(6)
+    ]  # fmt: skip
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    spec = _spec(manifest, columns={"report": None, "findings": None}, report={"keep_text": True})
+    with contextlib.redirect_stdout(io.StringIO()):
+        index = run_ingest(spec, tmp_path / "run")
+    assert index["reports"] is False and index["report_text"] is False and index["rejects"]["count"] == 0
+    stored = _rows(tmp_path / "run", index)
+    assert len(stored) == 6 and all(r["mask"] is not None and r["input_ids"] == [] for r in stored)
+
+    from brainvlp.train.config import PretrainSpec, check_against_shards
+
+    pretrain = parse(PretrainSpec, {"data": {"shards": str(tmp_path / "run")}})
+    with pytest.raises(SpecError, match="images without reports"):
+        check_against_shards(pretrain, index)

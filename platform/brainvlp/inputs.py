@@ -100,6 +100,8 @@ class _Checker:
                 check_against_shards(spec, facts)
             except SpecError as err:  # its paths are relative to the pretrain spec
                 raise UserError(f"{where}{err}") from err
+        elif facts.get("reports") is False:
+            raise UserError(f"{where}data.shards: the ingest step stores no reports (columns.report: null)")
         elif facts and facts["tokenizer"] != spec.model.text.path:
             raise UserError(
                 f"{where}model.text.path: {spec.model.text.path!r} differs from the tokenizer the shards are "
@@ -197,7 +199,12 @@ class _Checker:
                 return {}
             sequences = list(ingest.sequences)
             shape = [len(sequences), *ingest.volume.shape]
-            return {"sequences": sequences, "volume_shape": shape, "tokenizer": ingest.tokenizer}
+            return {
+                "sequences": sequences,
+                "volume_shape": shape,
+                "tokenizer": ingest.tokenizer,
+                "reports": ingest.columns.report is not None,
+            }
         _check_local(at, path, "dir", holds="index.json")
         from brainvlp.data.shards import read_index
 

@@ -32,7 +32,7 @@ from brainvlp.data.ingest_tasks import run_tasks
 from brainvlp.data.limits import IngestLimits, time_budget
 from brainvlp.data.nifti import VolumeConfig, load_study
 from brainvlp.data.plan import plan_digest, plan_shards, shard_capacity
-from brainvlp.data.reports import ReportConfig, prepare_report
+from brainvlp.data.reports import ReportConfig, TokenizedReport, prepare_report
 from brainvlp.data.shards import (
     REJECT_SCHEMA,
     SCHEMA,
@@ -92,13 +92,19 @@ class IngestSpec(JobSpec):
         return {key: to_plain(getattr(self, key)) for key in keys}
 
 
+# What an image-only ingest (``columns.report: null``) stores for the text columns: nothing.
+NO_REPORT = TokenizedReport(
+    input_ids=[], sentence_spans=[], sentence_sections=[], num_sentences=0, truncated=False
+)
+
+
 def _study_row(task: Mapping[str, Any], spec: IngestSpec, tokenizer: Any) -> dict[str, Any]:
     """Preprocess one study into a shard row; raises RejectError for bad input."""
     paths = {seq: task["images"][seq] for seq in spec.sequences}
     study = load_study(
         paths, spec.volume, mask_path=task["mask"], missing=spec.missing_sequence, limits=spec.limits
     )
-    report = prepare_report(task["report"], tokenizer, spec.report)
+    report = prepare_report(task["report"], tokenizer, spec.report) if spec.columns.report else NO_REPORT
     return {
         "study_id": task["study_id"],
         "patient_pid": task["patient_pid"],
@@ -113,7 +119,7 @@ def _study_row(task: Mapping[str, Any], spec: IngestSpec, tokenizer: Any) -> dic
         "sentence_spans": [list(span) for span in report.sentence_spans],
         "sentence_sections": report.sentence_sections,
         "truncated": report.truncated,
-        "report_text": report.text if spec.report.keep_text else None,
+        "report_text": report.text if spec.report.keep_text and spec.columns.report else None,
         "findings": task["findings"],
     }
 
@@ -321,7 +327,9 @@ def _index(
         "splits": dict(sorted(splits.items())),
         "shards": [{key: s[key] for key in ("file", "split", "rows", "sha256", "bytes")} for s in shards],
         "truncated_reports": sum(s["truncated"] for s in shards),
-        "report_text": spec.report.keep_text,
+        "report_text": spec.report.keep_text and spec.columns.report is not None,
+        # False: image-only shards (columns.report: null), for segmentation; pretraining refuses them.
+        "reports": spec.columns.report is not None,
         "rejects": {
             "count": len(rejects),
             "by_reason": dict(sorted(Counter(r["reason"] for r in rejects).items())),

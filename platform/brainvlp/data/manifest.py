@@ -37,7 +37,7 @@ class ManifestColumns:
 
     patient_id: str = "patient_id"
     study_id: str = "study_id"
-    report: str = "report"
+    report: str | None = "report"  # None: images without reports (BraTS), shards for segmentation only
     mask: str | None = "mask"  # optional column
     findings: str | None = "findings"  # optional column of findings JSON
 
@@ -110,7 +110,12 @@ def read_studies(
         raise UserError(f"manifest {path} has no rows")
     # A column no row has is a naming mistake in the spec; in JSONL one row without a key is that row's
     # missing value (a missing sequence, report or id), which the row's own rules decide.
-    required = [columns.patient_id, columns.study_id, columns.report, *sequences]
+    required = [
+        columns.patient_id,
+        columns.study_id,
+        *([columns.report] if columns.report else []),
+        *sequences,
+    ]
     _check_columns(path, records.columns, required)
     numbered = sorted(
         [(line, row, None) for line, row in records.rows] + [(line, None, err) for line, err in records.bad],
@@ -146,7 +151,7 @@ def _task(row: dict[str, Any], columns: ManifestColumns, sequences: tuple[str, .
         # A sequence column a row lacks (JSONL) is a missing sequence, which the spec already rules on.
         "images": {seq: _resolve(row.get(seq), base) for seq in sequences},
         "mask": _resolve(row.get(columns.mask), base) if columns.mask else None,
-        "report": row.get(columns.report),
+        "report": row.get(columns.report) if columns.report else None,
         "findings": (row.get(columns.findings) or "") if columns.findings else "",
     }
 

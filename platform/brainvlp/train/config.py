@@ -154,6 +154,8 @@ class PretrainSpec(JobSpec):
 
 def check_against_shards(spec: PretrainSpec, index: dict[str, Any]) -> None:
     """Errors a run would otherwise hit inside a worker, raised before any worker starts."""
+    if index.get("reports") is False:
+        raise SpecError("data.shards", "the shards hold images without reports (ingest columns.report: null)")
     if index["tokenizer"] != spec.model.text.path:
         raise SpecError(
             "model.text.path",
