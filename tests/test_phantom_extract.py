@@ -24,10 +24,9 @@ from brainvlp.findings import (
     validate_findings,
 )
 from brainvlp.phantom import reports
-from brainvlp.phantom.anatomy import load_template
 from brainvlp.phantom.extract import extract_phantom_findings
-from brainvlp.phantom.generate import _TEXT, PhantomConfig, StudyRecord, _draw_pathology, _rng, simulate_study
-from brainvlp.phantom.reports import LOCATION_WORDS, study_findings, write_report
+from brainvlp.phantom.generate import PhantomConfig, StudyRecord, draw_report, simulate_study
+from brainvlp.phantom.reports import LOCATION_WORDS, study_findings
 
 # Up to 8 lesions, so that counts beyond "six" (written in digits) and the 7-15 bucket occur too.
 CONFIG = PhantomConfig(num_studies=1, num_patients=1, shape=(36, 40, 36), max_lesions=8, seed=11)
@@ -42,24 +41,9 @@ class Drawn(NamedTuple):
 
 
 def _draw(index: int) -> Drawn:
-    """Study ``index`` as ``generate.simulate_study`` draws it (plan stream: lesions placed in the template,
-    cavity, flags; text stream: the report), without rendering its images, which the text never reads.
+    """Study ``index``'s report and findings as ``generate.simulate_study`` draws them, without its images.
     ``test_drawn_studies_are_the_generators`` checks that this is the generator's report and findings."""
-    template = load_template(tuple(CONFIG.shape), CONFIG.resolved_voxel_size)  # cached per process
-    plan = _draw_pathology(CONFIG, template, index)
-    lesions = [lesion for lesion, _ in plan.drawn]
-    cavity = None if plan.cavity is None else plan.cavity[0]
-    rng = _rng(CONFIG.seed, _TEXT, index)
-    report = write_report(
-        lesions,
-        white_matter_disease=plan.white_matter_disease,
-        cavity=cavity,
-        shift_mm=plan.shift_mm,
-        rng=rng,
-    )
-    return Drawn(
-        report, study_findings(lesions, plan.white_matter_disease, cavity is not None, cavity=cavity)
-    )
+    return Drawn(*draw_report(CONFIG, index))
 
 
 def _options(node: ast.expr) -> list[tuple[str, ...]]:

@@ -306,26 +306,13 @@ def test_agreement_with_the_phantoms_ground_truth() -> None:
     labels), measured on these 50 studies: 100 % on midline_shift, prior_surgery, enhancing_lesion and the
     locations (also white matter disease, size and tumour location); lesion count 92 % and side 82 % (the
     phantom counts lesions, the rules distinct places: two lesions in one lobe read as one)."""
-    from brainvlp.phantom.anatomy import load_template
-    from brainvlp.phantom.generate import _TEXT, PhantomConfig, _draw_pathology, _rng
-    from brainvlp.phantom.reports import study_findings, write_report
+    from brainvlp.phantom.generate import PhantomConfig, draw_report
 
     config = PhantomConfig(num_studies=1, num_patients=1, shape=(36, 40, 36), max_lesions=8, seed=11)
-    template = load_template(tuple(config.shape), config.resolved_voxel_size)
     agree = dict.fromkeys(("midline_shift", "prior_surgery", "enhancing_lesion", "locations"), 0)
     studies = 50
-    for index in range(studies):  # as tests/test_phantom_extract.py draws them, without rendering images
-        plan = _draw_pathology(config, template, index)
-        lesions = [lesion for lesion, _ in plan.drawn]
-        cavity = None if plan.cavity is None else plan.cavity[0]
-        report = write_report(
-            lesions,
-            white_matter_disease=plan.white_matter_disease,
-            cavity=cavity,
-            shift_mm=plan.shift_mm,
-            rng=_rng(config.seed, _TEXT, index),
-        )
-        truth = study_findings(lesions, plan.white_matter_disease, cavity is not None, cavity=cavity)
+    for index in range(studies):  # the generator's reports, without rendering images
+        report, truth = draw_report(config, index)
         found = read(report)
         for key in ("midline_shift", "prior_surgery", "enhancing_lesion"):
             agree[key] += (found.get(key) is True) == truth[key]

@@ -247,22 +247,35 @@ def _render(
     return images, warp(mask, coords, order=0)
 
 
-def simulate_study(config: PhantomConfig, record: StudyRecord) -> SimulatedStudy:
-    """Render one study (images, mask, findings, report); depends only on the config and the record."""
-    template = load_template(tuple(config.shape), config.resolved_voxel_size)
-    plan = _draw_pathology(config, template, record.index)
+def _text(config: PhantomConfig, plan: _Pathology, index: int) -> tuple[str, dict[str, Any]]:
+    """The report and findings of a drawn study (the text stream)."""
     lesions = [lesion for lesion, _ in plan.drawn]
-    mask, labels = _label_maps(template, plan.drawn)
-    images, subject_mask = _render(config, template, record, plan, mask)
     cavity = None if plan.cavity is None else plan.cavity[0]
     report = write_report(
         lesions,
         white_matter_disease=plan.white_matter_disease,
         cavity=cavity,
         shift_mm=plan.shift_mm,
-        rng=_rng(config.seed, _TEXT, record.index),
+        rng=_rng(config.seed, _TEXT, index),
     )
-    findings = study_findings(lesions, plan.white_matter_disease, cavity is not None, cavity=cavity)
+    return report, study_findings(lesions, plan.white_matter_disease, cavity is not None, cavity=cavity)
+
+
+def draw_report(config: PhantomConfig, index: int) -> tuple[str, dict[str, Any]]:
+    """Study ``index``'s report and findings exactly as ``simulate_study`` draws them, without rendering
+    its images (which the text never reads): cheap corpora of phantom reports for the text's tests."""
+    template = load_template(tuple(config.shape), config.resolved_voxel_size)
+    return _text(config, _draw_pathology(config, template, index), index)
+
+
+def simulate_study(config: PhantomConfig, record: StudyRecord) -> SimulatedStudy:
+    """Render one study (images, mask, findings, report); depends only on the config and the record."""
+    template = load_template(tuple(config.shape), config.resolved_voxel_size)
+    plan = _draw_pathology(config, template, record.index)
+    mask, labels = _label_maps(template, plan.drawn)
+    images, subject_mask = _render(config, template, record, plan, mask)
+    report, findings = _text(config, plan, record.index)
+    lesions = [lesion for lesion, _ in plan.drawn]
     return SimulatedStudy(record, lesions, findings, report, images, subject_mask, labels)
 
 
