@@ -28,6 +28,15 @@ REJECT_REASONS = (
     "conflicting_geometry",
     "bad_mask",
     "mask_mismatch",
+    # DICOM studies (data/dicom.py): no usable series, or a series whose slices do not make one volume.
+    "dicom_no_series",
+    "dicom_localizer",
+    "dicom_single_slice",
+    "dicom_multi_volume",
+    "dicom_mixed_geometry",
+    "dicom_gap",
+    "dicom_unreadable",
+    "dicom_too_many_files",
     # Manifest rows.
     "malformed_row",
     "conflicting_columns",
