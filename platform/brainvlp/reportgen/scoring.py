@@ -12,6 +12,7 @@ asks for them (``scoring.show_examples``).
 
 from __future__ import annotations
 
+import itertools
 import json
 import warnings
 from collections.abc import Callable, Sequence
@@ -23,6 +24,7 @@ import pyarrow.parquet as pq
 
 from brainvlp.evaluate.clinical import compare_findings, get_extractor
 from brainvlp.evaluate.nlg import bootstrap_ci
+from brainvlp.findings import positive_findings
 from brainvlp.reportgen.config import NLG_METRICS, ReportGenSpec
 from brainvlp.reportgen.examples import LEGEND, example_block
 
@@ -154,7 +156,7 @@ def write_report(spec: ReportGenSpec, results: dict[str, Any], run_dir: Path) ->
     models = results["models"]
     level = round(100 * spec.scoring.bootstrap.level)
     lines = [
-        f"# Report generation: {spec.run_name}",
+        f"# Report generation: {spec.run_name or run_dir.parent.name}",  # a pipeline step: the pipeline's
         "",
         f"Test split `{spec.test_split}`, {spec.seeds} seed(s); mean over seeds with {level} % bootstrap "
         "intervals over test studies and seeds.",
@@ -173,6 +175,16 @@ def write_report(spec: ReportGenSpec, results: dict[str, Any], run_dir: Path) ->
 
     write_html_report(path)
     return path
+
+
+def _example_rows(rows: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """Studies with and without findings in turn (the first of each, by study id, the same for every
+    model): a sample of normal studies alone would show little of what a model gets right or wrong."""
+    has_findings = [bool(positive_findings(json.loads(row["findings"] or "{}"))) for row in rows]
+    abnormal = [row for row, flag in zip(rows, has_findings, strict=True) if flag]
+    normal = [row for row, flag in zip(rows, has_findings, strict=True) if not flag]
+    mixed = [row for pair in itertools.zip_longest(abnormal, normal) for row in pair if row is not None]
+    return mixed[:count]
 
 
 def _clinical_caption(spec: ReportGenSpec, models: dict[str, Any]) -> str:
@@ -237,6 +249,6 @@ def _examples(spec: ReportGenSpec, run_dir: Path) -> list[str]:
         rows = pq.read_table(run_dir / entry.name / "seed0" / "test.parquet").to_pylist()
         lines += [f"### {entry.name}", ""]
         # One HTML block per example, blank lines around it, so Markdown passes it through untouched.
-        for row in rows[: spec.scoring.num_examples]:
+        for row in _example_rows(rows, spec.scoring.num_examples):
             lines += [example_block(row, extractor), ""]
     return lines
