@@ -27,12 +27,14 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from brainvlp.data import manifest as manifest_io
+from brainvlp.data.dicom_ingest import dicom_sources, write_selection
 from brainvlp.data.errors import RejectError
 from brainvlp.data.ingest_tasks import run_tasks
 from brainvlp.data.limits import IngestLimits, time_budget
 from brainvlp.data.nifti import VolumeConfig, load_study
 from brainvlp.data.plan import plan_digest, plan_shards, shard_capacity
 from brainvlp.data.reports import ReportConfig, TokenizedReport, prepare_report
+from brainvlp.data.series_select import DEFAULT_RULES, SelectionRule
 from brainvlp.data.shards import (
     REJECT_SCHEMA,
     SCHEMA,
@@ -61,6 +63,9 @@ class IngestSpec(JobSpec):
     manifest_encoding: str = "utf-8"
     sequences: tuple[str, ...] = ("t1c", "flair")  # manifest columns holding image paths, in channel order
     columns: manifest_io.ManifestColumns = field(default_factory=manifest_io.ManifestColumns)
+    # DICOM input (columns.dicom): per sequence, the rule that picks its series; unset sequences use
+    # data.series_select.DEFAULT_RULES (t1c: brat-style T1 post-contrast patterns, t1, t2, flair).
+    series: dict[str, SelectionRule] = field(default_factory=dict)
     missing_sequence: Literal["zero", "reject"] = "zero"
     volume: VolumeConfig = field(default_factory=VolumeConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -78,6 +83,13 @@ class IngestSpec(JobSpec):
     def validate(self, path: str) -> None:
         if not self.sequences:
             raise SpecError(f"{path}.sequences", "at least one sequence column is required")
+        if self.columns.dicom:
+            unruled = [s for s in self.sequences if s not in self.series and s not in DEFAULT_RULES]
+            if unruled:
+                raise SpecError(f"{path}.series", f"no series rule for {unruled}; defaults exist for "
+                                f"{', '.join(DEFAULT_RULES)}")  # fmt: skip
+        elif self.series:
+            raise SpecError(f"{path}.series", "series rules pick DICOM series: set columns.dicom")
         if not path and self.manifest is None:  # run on its own: no pipeline step will provide it
             raise SpecError("manifest", "required: path or URI of a CSV, TSV, JSONL or Parquet manifest")
 
@@ -88,10 +100,20 @@ class IngestSpec(JobSpec):
 
     def settings(self) -> dict[str, Any]:
         """What determines shard contents beyond the studies themselves (part of the plan digest)."""
-        keys = ("sequences", "columns", "missing_sequence", "volume", "report", "tokenizer", "limits")
+        keys = (
+            "sequences",
+            "columns",
+            "series",
+            "missing_sequence",
+            "volume",
+            "report",
+            "tokenizer",
+            "limits",
+        )
         return {key: to_plain(getattr(self, key)) for key in keys}
 
 
+SELECTION_KEY = "_selection"  # a DICOM study's series choices travel with its row to write_shard
 # What an image-only ingest (``columns.report: null``) stores for the text columns: nothing.
 NO_REPORT = TokenizedReport(
     input_ids=[], sentence_spans=[], sentence_sections=[], num_sentences=0, truncated=False
@@ -100,7 +122,11 @@ NO_REPORT = TokenizedReport(
 
 def _study_row(task: Mapping[str, Any], spec: IngestSpec, tokenizer: Any) -> dict[str, Any]:
     """Preprocess one study into a shard row; raises RejectError for bad input."""
-    paths = {seq: task["images"][seq] for seq in spec.sequences}
+    selection = None
+    if task.get("dicom"):
+        paths, selection = dicom_sources(task, spec.sequences, spec.series, spec.limits)
+    else:
+        paths = {seq: task["images"][seq] for seq in spec.sequences}
     study = load_study(
         paths, spec.volume, mask_path=task["mask"], missing=spec.missing_sequence, limits=spec.limits
     )
@@ -121,6 +147,7 @@ def _study_row(task: Mapping[str, Any], spec: IngestSpec, tokenizer: Any) -> dic
         "truncated": report.truncated,
         "report_text": report.text if spec.report.keep_text and spec.columns.report else None,
         "findings": task["findings"],
+        SELECTION_KEY: selection,  # taken out before the row is written (write_shard)
     }
 
 
@@ -149,7 +176,7 @@ def write_shard(
     ``excluded`` (study id -> detail) killed their worker when run alone and go straight to the rejects."""
     start = time.perf_counter()
     tokenizer = load_tokenizer(spec.tokenizer)
-    rows, rejects, truncated, slowest = [], [], 0, 0.0
+    rows, rejects, selection, truncated, slowest = [], [], [], 0, 0.0
     for task in plan["studies"]:
         began = time.perf_counter()
         if excluded and task["study_id"] in excluded:
@@ -159,6 +186,7 @@ def write_shard(
         if isinstance(outcome, RejectError):
             rejects.append(manifest_io.reject_record(task, outcome))
         else:
+            selection += outcome.pop(SELECTION_KEY) or []
             rows.append(outcome)
             truncated += outcome["truncated"]
         slowest = max(slowest, time.perf_counter() - began)
@@ -169,6 +197,7 @@ def write_shard(
         record.update(sha256=sha256_file(path), bytes=path.stat().st_size)
     record.update(
         rejects=rejects,
+        selection=selection,
         truncated=truncated,
         seconds=round(time.perf_counter() - start, 3),
         slowest_study_seconds=round(slowest, 3),
@@ -227,12 +256,15 @@ def run_ingest(spec: IngestSpec, run_dir: Path) -> dict[str, Any]:
     run_tasks(todo, spec, run_dir, processed, shard_fn=write_shard, probe_fn=probe_study)
     records = [_read_record(run_dir, plan["file"]) for plan in plans]
     rejects = early_rejects + [r for record in records for r in record.pop("rejects")]
+    selection = [r for record in records for r in record.pop("selection", [])]
     write_table_atomic(
         sorted(rejects, key=lambda r: r["manifest_row"]), REJECT_SCHEMA, run_dir / "rejects.parquet"
     )
     shards = [r for r in records if r["rows"]]
     _verify(run_dir, shards, num_input, len(rejects))
     index = _index(spec, num_input, shards, rejects, len(tokenizer), tokenizer.pad_token_id or 0)
+    if spec.columns.dicom:
+        index["selection"] = write_selection(selection, run_dir)
     write_index(run_dir, {"manifest": spec.manifest, "plan_sha256": digest, **index})
     _print_summary(index, records, processed, seconds=time.perf_counter() - start)
     return read_index(run_dir)

@@ -40,6 +40,9 @@ class ManifestColumns:
     report: str | None = "report"  # None: images without reports (BraTS), shards for segmentation only
     mask: str | None = "mask"  # optional column
     findings: str | None = "findings"  # optional column of findings JSON
+    # DICOM input: the column of each study's DICOM folder, zip or tar (instead of a column per sequence;
+    # ingest picks each sequence's series by the spec's rules, ``data.dicom_ingest``).
+    dicom: str | None = None
 
 
 def read_records(path: str, encoding: str, id_columns: list[str]) -> manifest_formats.Records:
@@ -114,7 +117,7 @@ def read_studies(
         columns.patient_id,
         columns.study_id,
         *([columns.report] if columns.report else []),
-        *sequences,
+        *([columns.dicom] if columns.dicom else sequences),
     ]
     _check_columns(path, records.columns, required)
     numbered = sorted(
@@ -149,7 +152,8 @@ def _task(row: dict[str, Any], columns: ManifestColumns, sequences: tuple[str, .
         "study_id": (row.get(columns.study_id) or "").strip(),
         "patient_id": (row.get(columns.patient_id) or "").strip(),
         # A sequence column a row lacks (JSONL) is a missing sequence, which the spec already rules on.
-        "images": {seq: _resolve(row.get(seq), base) for seq in sequences},
+        "images": {} if columns.dicom else {seq: _resolve(row.get(seq), base) for seq in sequences},
+        "dicom": _resolve(row.get(columns.dicom), base) if columns.dicom else None,
         "mask": _resolve(row.get(columns.mask), base) if columns.mask else None,
         "report": row.get(columns.report) if columns.report else None,
         "findings": (row.get(columns.findings) or "") if columns.findings else "",

@@ -19,7 +19,7 @@ are float32 from the moment they leave the file.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Literal, get_args
 
@@ -29,7 +29,7 @@ from nibabel.spaces import vox2out_vox
 
 from brainvlp.data.errors import RejectError
 from brainvlp.data.limits import IngestLimits
-from brainvlp.data.nifti_load import load_nifti, voxels_float32
+from brainvlp.data.nifti_load import check_voxels, load_nifti, voxels_float32
 from brainvlp.data.resample import Grid, resample
 from brainvlp.spec import PositiveFloat, PositiveInt, Range
 
@@ -235,7 +235,7 @@ def preprocess_mask(
 
 
 def load_study(
-    sequence_paths: Mapping[str, str | None],
+    sequence_paths: Mapping[str, str | Callable[[], nib.Nifti1Image] | None],
     config: VolumeConfig,
     *,
     mask_path: str | None = None,
@@ -245,7 +245,8 @@ def load_study(
     """Load a multi-sequence study as channels on one grid (METHODS 1.1 step 5).
 
     The first present sequence defines the output grid; the others are co-registered and resampled onto
-    it. A sequence whose path is None or empty is a zero channel (``missing="zero"``) or a reject.
+    it. A sequence whose path is None or empty is a zero channel (``missing="zero"``) or a reject; instead
+    of a path, a sequence may come as a loader of its image (a DICOM series, ``data.dicom_ingest``).
     Volumes are loaded one at a time so that peak memory is one full-resolution volume; ``limits``
     bounds what one file may cost. A mask with labels must overlap the image's foreground.
     """
@@ -260,10 +261,15 @@ def load_study(
         raise RejectError("missing_sequence", "no sequence present")
     reference: Grid | None = None
     for channel, (name, path) in enumerate(sequence_paths.items()):
-        if path:
+        if not path:
+            continue
+        if callable(path):
+            img = path()
+            check_voxels(np.asarray(img.dataobj), f"sequence {name}")
+        else:
             img = load_nifti(path, label=f"sequence {name}", limits=limits)
-            reference = reference or (img.shape, img.affine)
-            volume[channel] = preprocess_image(img, config, reference=reference)
+        reference = reference or (img.shape, img.affine)
+        volume[channel] = preprocess_image(img, config, reference=reference)
     mask = None
     if mask_path:
         mask_img = load_nifti(mask_path, label="mask", allow_empty=True, limits=limits)

@@ -68,6 +68,12 @@ def load_nifti(
         voxels = voxels_float32(img).reshape(shape)
     except READ_ERRORS as exc:
         raise RejectError("unreadable_file", f"{name}: {type(exc).__name__} reading voxels") from None
+    check_voxels(voxels, name, allow_empty)
+    return nib.Nifti1Image(voxels, img.affine)
+
+
+def check_voxels(voxels: np.ndarray, name: str, allow_empty: bool = False) -> None:
+    """The content checks every image passes, whatever its file format (NIfTI, a DICOM series)."""
     lo, hi = voxels.min(), voxels.max()  # min/max propagate NaN/Inf without a full-size boolean temporary
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise RejectError("nonfinite_voxels", f"{name}: NaN or Inf voxels")
@@ -75,7 +81,6 @@ def load_nifti(
         raise RejectError("empty_volume", f"{name}: every voxel equals {float(lo):g}")
     if not allow_empty:
         _check_magnitude(voxels, max(abs(float(lo)), abs(float(hi))), name)
-    return nib.Nifti1Image(voxels, img.affine)
 
 
 def _read_within_budget(path: str, name: str, limits: IngestLimits) -> bytes:

@@ -60,8 +60,20 @@ def plan_digest(plans: list[dict[str, Any]], settings: Mapping[str, Any]) -> str
             {
                 "file": plan["file"],
                 "studies": [
-                    [s[key] for key in ("study_id", "patient_pid", "fold", "manifest_row", "images", "mask")]
+                    [
+                        s.get(key)
+                        for key in (
+                            "study_id",
+                            "patient_pid",
+                            "fold",
+                            "manifest_row",
+                            "images",
+                            "mask",
+                            "dicom",
+                        )
+                    ]
                     + [s["report"], s["findings"]]  # hashed, never stored
+                    + ([s["dicom"]] if s.get("dicom") else [])  # NIfTI plans keep their digest
                     for s in plan["studies"]
                 ],
             }
