@@ -126,3 +126,15 @@ def test_progress_in_a_terminal_rewrites_one_line() -> None:
     text = out.getvalue()
     assert text.count("\r") == 4 and text.count("\n") == 1 and text.endswith("\n")
     assert "[####################]" in text
+
+
+def test_hugging_face_progress_bars_are_off_during_a_run_and_restored(tmp_path: Path) -> None:
+    """'Loading weights' bars write to the console past every logger (an export's text encoder loads)."""
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()
+    with RunLog(tmp_path):
+        assert not hf_logging.is_progress_bar_enabled()
+    assert hf_logging.is_progress_bar_enabled()
+    with RunLog(tmp_path, verbose=True):
+        assert hf_logging.is_progress_bar_enabled()

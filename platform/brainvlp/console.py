@@ -55,6 +55,7 @@ class RunLog:
         self._added: list[logging.Logger] = []
         self._printers: list[tuple[str, Any]] = []
         self._saved_level = logging.NOTSET
+        self._bars = False
 
     def __enter__(self) -> RunLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,8 +66,20 @@ class RunLog:
         platform.setLevel(logging.INFO)
         platform.addHandler(self._platform)
         logging.captureWarnings(True)
+        self._bars = self._silence_progress_bars()
         self.route()
         return self
+
+    def _silence_progress_bars(self) -> bool:
+        """Hugging Face's progress bars ("Loading weights", downloads) write to the console directly, past
+        any logger: off for the run unless verbose. Returns whether they were on, to restore them."""
+        if self.verbose:
+            return False
+        from transformers.utils import logging as hf_logging
+
+        was_on = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        return was_on
 
     def route(self) -> None:
         """Route what exists now; run again after ``ray.init`` (which starts Ray's printer of worker output)
@@ -134,6 +147,10 @@ class RunLog:
         platform.removeHandler(self._platform)
         platform.setLevel(self._saved_level)
         logging.captureWarnings(False)
+        if self._bars:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.enable_progress_bar()
         if self._file is not None:
             self._file.close()
 
