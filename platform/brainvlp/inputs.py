@@ -1,6 +1,7 @@
 """Checks of a job's inputs and outputs that read no data, run by ``brainvlp validate`` and before Ray starts.
 
-What is checked, per step: an ingest's manifest (a readable file of a known format, local or a filesystem
+What is checked, per step: an annotate step's manifest, local model (``config.json``) and prompt files
+(each with ``{report}``); an ingest's manifest (a readable file of a known format, local or a filesystem
 URI) and pseudonymisation key file; a shards directory holds a current ``index.json`` and the splits the step
 reads; exports (downstream ``models[*].path``, evaluate ``model`` / ``models``) hold ``model.json`` and
 weights and were trained on the shards' sequences, volume shape and tokenizer; a state dict is a checkpoint
@@ -82,6 +83,25 @@ class _Checker:
 
     def phantom(self, where: str, spec: Any, top: Any) -> None:
         """A phantom data set reads nothing."""
+
+    def annotate(self, where: str, spec: Any, top: Any) -> None:
+        from brainvlp.annotate.config import LMAnnotatorConfig, check_prompt_text
+
+        if spec.manifest is not None and not self._is_produced(spec.manifest):
+            self._check_file(f"{where}manifest", spec.manifest)
+            _check_manifest_format(f"{where}manifest", spec.manifest)
+        annotator = spec.annotator
+        if not isinstance(annotator, LMAnnotatorConfig):
+            return
+        _check_local(f"{where}annotator.path", annotator.path, "dir", holds="config.json")
+        for key in ("rewrite_prompt", "findings_prompt"):
+            file = getattr(annotator, key)
+            if file is None:
+                continue
+            _check_local(f"{where}annotator.{key}", file, "file")
+            problem = check_prompt_text(Path(file).expanduser().read_text(errors="replace"))
+            if problem:
+                raise UserError(f"{where}annotator.{key}: {file}: {problem}")
 
     def ingest(self, where: str, spec: Any, top: Any) -> None:
         if spec.manifest is not None and not self._is_produced(spec.manifest):

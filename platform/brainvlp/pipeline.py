@@ -4,10 +4,10 @@ Torch-free, like every spec module: ``brainvlp validate`` reads, overrides, vali
 well under a second. Running it is ``brainvlp.runner``'s job.
 
 A pipeline runs its ``steps`` in order, each into ``<run_dir>/<step>/``; an input a step leaves unset is
-taken from the pipeline's section of the step before it (ingest reads phantom's manifest, pretrain
-ingest's shards, downstream, report_generation and evaluate pretrain's exports), whether that step runs
-now or ran in an earlier invocation with the same run name. Named pretrainings
-(``pretrain: {brat: ..., clip: ...}``) each run into ``<run_dir>/pretrain/<name>/``.
+taken from the pipeline's section of the step before it (annotate reads phantom's manifest, ingest
+annotate's output manifest or else phantom's, pretrain ingest's shards, downstream, report_generation and
+evaluate pretrain's exports), whether that step runs now or ran in an earlier invocation with the same run
+name. Named pretrainings (``pretrain: {brat: ..., clip: ...}``) each run into ``<run_dir>/pretrain/<name>/``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from brainvlp.annotate.config import AnnotateSpec
 from brainvlp.data.ingest import IngestSpec
 from brainvlp.downstream.config import DownstreamSpec
 from brainvlp.evaluate.config import EvaluateSpec
@@ -26,16 +27,29 @@ from brainvlp.spec import JobSpec, SpecError, apply_overrides, parse, read_yaml
 from brainvlp.train.config import PretrainSpec
 from brainvlp.tune.config import TuneSpec
 
-STEP_KINDS = ("phantom", "ingest", "pretrain", "tune", "downstream", "report_generation", "evaluate")
+STEP_KINDS = (
+    "phantom",
+    "annotate",
+    "ingest",
+    "pretrain",
+    "tune",
+    "downstream",
+    "report_generation",
+    "evaluate",
+)
 
 
 @dataclass
 class PipelineSpec(JobSpec):
     kind: Literal["pipeline"] = "pipeline"
     steps: tuple[
-        Literal["phantom", "ingest", "pretrain", "tune", "downstream", "report_generation", "evaluate"], ...
+        Literal[
+            "phantom", "annotate", "ingest", "pretrain", "tune", "downstream", "report_generation", "evaluate"
+        ],
+        ...,
     ] = ()  # default: those given
     phantom: PhantomSpec | None = None
+    annotate: AnnotateSpec | None = None  # reports -> findings (and rewrites) before ingest
     ingest: IngestSpec | None = None
     # One pretraining, or several by name (each into pretrain/<name>/) for comparisons downstream.
     pretrain: PretrainSpec | dict[str, PretrainSpec] | None = None
@@ -67,6 +81,7 @@ JOB_KINDS: dict[str, type] = {
     "downstream": DownstreamSpec,
     "report_generation": ReportGenSpec,
     "evaluate": EvaluateSpec,
+    "annotate": AnnotateSpec,  # listed after the established kinds; as a step it runs before ingest
     "pipeline": PipelineSpec,
 }
 
@@ -88,8 +103,14 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Any:
 def link_pipeline(spec: PipelineSpec) -> None:
     """Fill each step's unset inputs with the outputs of the steps before it."""
     run_dir = Path(spec.output_root) / spec.run_name
-    if spec.ingest and spec.ingest.manifest is None and spec.phantom is not None:
-        spec.ingest.manifest = str(run_dir / "phantom" / "manifest.csv")
+    phantom_manifest = str(run_dir / "phantom" / "manifest.csv") if spec.phantom is not None else None
+    if spec.annotate:
+        spec.annotate.manifest = spec.annotate.manifest or phantom_manifest
+        if spec.annotate.sequences is None and spec.ingest is not None:
+            spec.annotate.sequences = spec.ingest.sequences
+    if spec.ingest and spec.ingest.manifest is None:
+        annotated = str(run_dir / "annotate" / spec.annotate.output_name) if spec.annotate else None
+        spec.ingest.manifest = annotated or phantom_manifest
     ingested = str(run_dir / "ingest") if spec.ingest is not None else None
     exports = _pretrain_exports(spec, run_dir)
     for pretrain in pretrain_steps(spec).values():
@@ -134,6 +155,7 @@ def _pretrain_exports(spec: PipelineSpec, run_dir: Path) -> dict[str, str]:
 
 
 _REQUIRED_INPUTS = {
+    "annotate": ("manifest",),
     "ingest": ("manifest",),
     "pretrain": ("data.shards",),
     "tune": ("base.data.shards",),

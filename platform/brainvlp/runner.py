@@ -2,9 +2,10 @@
 
 Every run writes to ``<output_root>/<run_name>/`` and saves ``spec.resolved.yaml`` there. A pipeline runs its
 ``steps`` in order, each into ``<run_dir>/<step>/``; an input a step leaves unset is taken from the
-pipeline's section of the step before it (ingest reads phantom's manifest, pretrain ingest's shards,
-downstream and evaluate pretrain's exports), whether that step runs now or ran in an earlier invocation
-with the same run name: ``--set steps=[downstream,evaluate]`` reruns the last steps on earlier outputs.
+pipeline's section of the step before it (annotate reads phantom's manifest, ingest annotate's or else
+phantom's, pretrain ingest's shards, downstream and evaluate pretrain's exports), whether that step runs
+now or ran in an earlier invocation with the same run name: ``--set steps=[downstream,evaluate]`` reruns
+the last steps on earlier outputs.
 Named pretrainings (``pretrain: {brat: ..., clip: ...}``) each run into ``<run_dir>/pretrain/<name>/``.
 """
 
@@ -34,6 +35,7 @@ def _run_phantom(spec: PhantomSpec, run_dir: Path) -> Any:
 
 
 def _runner(kind: str) -> Callable[[Any, Path], Any]:
+    from brainvlp.annotate.job import run_annotate
     from brainvlp.data.ingest import run_ingest
     from brainvlp.downstream.job import run_downstream
     from brainvlp.evaluate.job import run_evaluate
@@ -43,6 +45,7 @@ def _runner(kind: str) -> Callable[[Any, Path], Any]:
 
     return {
         "phantom": _run_phantom,
+        "annotate": run_annotate,
         "ingest": run_ingest,
         "pretrain": run_pretrain,
         "tune": run_tune,

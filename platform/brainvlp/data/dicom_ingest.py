@@ -4,7 +4,8 @@ instead of one image per sequence; each sequence's series is chosen by the spec'
 
 What was chosen, and why, is recorded per ingested study and sequence in ``selection.parquet`` beside the
 shards (the study id, the sequence, the series as ``SeriesInfo.label`` names it and the reason); the index
-counts the chosen and the unmatched per sequence. A rejected study's reason names the series it failed on. No DICOM tag that can carry PHI is read into any of it.
+counts the chosen and the unmatched per sequence. A rejected study's reason names the series it failed on.
+No DICOM tag that can carry PHI is read into any of it.
 """
 
 from __future__ import annotations
