@@ -111,3 +111,29 @@ def killed_driver(spec_file: Path) -> Iterator[subprocess.Popen]:
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
+
+
+def save_tiny_llama(directory: Path, texts: list[str], vocab_size: int = 300) -> Path:
+    """A random 1-layer Llama (hidden 32) with a BPE trained on ``texts``, saved as a local model directory:
+    what ``from_pretrained(path, local_files_only=True)`` loads for a real LM (judges, annotators)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from brainvlp.models.language import train_report_tokenizer
+
+    tokenizer = train_report_tokenizer(texts, vocab_size=vocab_size)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -27,6 +27,7 @@ from brainvlp.inputs import check_inputs
 from brainvlp.phantom.generate import FINDING_COLUMNS, PhantomConfig, generate_phantom
 from brainvlp.pipeline import load_spec
 from brainvlp.spec import SpecError, parse
+from conftest import save_tiny_llama
 
 IDS = ["patient_id", "study_id"]
 # Finding values specific enough that finding one in the console means a value leaked.
@@ -129,30 +130,9 @@ def test_rules_annotator_agreement_per_finding(local_ray, phantom: Path, tmp_pat
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory: pytest.TempPathFactory, phantom: Path) -> Path:
     """A tiny random Llama and its tokenizer saved as a local model directory."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from brainvlp.models.language import train_report_tokenizer
-
-    directory = tmp_path_factory.mktemp("lm")
     texts = [default_prompt("findings"), default_prompt("rewrite")]
     texts += [row["report"] for row in _rows(phantom / "manifest.csv")]
-    tokenizer = train_report_tokenizer(texts, vocab_size=600)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_tiny_llama(tmp_path_factory.mktemp("lm"), texts, vocab_size=600)
 
 
 def test_a_random_local_lm_is_retried_once_then_left_without_findings(

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from brainvlp.evaluate.green_judge import (
     DEFAULT_PROMPT,
@@ -21,9 +20,9 @@ from brainvlp.evaluate.green_judge import (
     run_judge,
     unparsed,
 )
-from brainvlp.models.language import train_report_tokenizer
 from brainvlp.pipeline import load_spec
 from brainvlp.spec import SpecError
+from conftest import save_tiny_llama
 
 RESPONSE = """[Explanation]:
 The candidate places the mass on the wrong side and misses the midline shift.
@@ -97,20 +96,7 @@ def test_prompt_templates_are_checked() -> None:
 @pytest.fixture(scope="module")
 def judge_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama and its tokenizer saved as a judge model directory (as GREEN's would be)."""
-    directory = tmp_path_factory.mktemp("judge")
-    tokenizer = train_report_tokenizer([DEFAULT_PROMPT, RESPONSE] * 3, vocab_size=300)
-    sizes = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **sizes,
-    )
-    LlamaForCausalLM(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_tiny_llama(tmp_path_factory.mktemp("judge"), [DEFAULT_PROMPT, RESPONSE] * 3)
 
 
 def test_a_local_judge_model_runs_and_its_garbage_is_counted(judge_dir: Path) -> None:
