@@ -5,8 +5,10 @@ PHI from any tag in any output."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -14,11 +16,12 @@ import nibabel as nib
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from pydicom.data import get_testdata_file
 
 from brainvlp.data.ingest import IngestSpec, run_ingest
 from brainvlp.data.shards import decode_volumes
 from brainvlp.spec import SpecError, parse
-from test_dicom import PHI_STRINGS, write_series
+from test_dicom import PHI_STRINGS, SAMPLES, _stack_sample, write_series
 from volumes import SMALL_INGEST
 
 KEY = "a-test-pseudonym-key-of-some-length"
@@ -159,3 +162,39 @@ def test_series_rules_need_dicom_input() -> None:
     with pytest.raises(SpecError, match=r"ingest\.series: no series rule for \['dwi'\]"):
         dwi = {"manifest": "m.csv", "sequences": ["dwi"], "columns": {"dicom": "d"}}
         parse(IngestSpec, SMALL_INGEST | dwi, "ingest")
+
+
+def test_pydicoms_own_sample_files_ingest(local_ray, tmp_path: Path) -> None:
+    """Real MR files no one here wrote (pydicom's wheel): as stacked series they ingest; one alone is no
+    series to choose; JPEG-LS without a decoder is unreadable; each a reject with its reason."""
+    rows = []
+    for k, name in enumerate(SAMPLES):
+        folder = tmp_path / f"sample{k}"
+        folder.mkdir()
+        _stack_sample(name, folder)
+        rows.append({"patient_id": f"P{k}", "study_id": f"S{k}", "dicom": folder.name})
+    single = tmp_path / "single"
+    single.mkdir()
+    shutil.copy(get_testdata_file("MR_small.dcm"), single / "image.dcm")
+    jpeg_ls = tmp_path / "jpeg_ls"
+    jpeg_ls.mkdir()
+    _stack_sample("MR_small_jpeg_ls_lossless.dcm", jpeg_ls)
+    rows += [{"patient_id": "P8", "study_id": "single", "dicom": "single"},
+             {"patient_id": "P9", "study_id": "jpeg_ls", "dicom": "jpeg_ls"}]  # fmt: skip
+    spec = _spec(
+        _manifest(tmp_path, rows),
+        sequences=["t1c"],
+        columns={"dicom": "dicom", "mask": None, "findings": None},
+        series={"t1c": {"patterns": [".*"]}},  # the samples' descriptions name no sequence
+        splits={"dev": 0, "test": 0},
+    )
+    with pytest.MonkeyPatch.context() as env, contextlib.redirect_stdout(io.StringIO()):
+        env.setenv("BRAINVLP_PSEUDONYM_KEY", KEY)
+        index = run_ingest(spec, tmp_path / "run")
+    rejects = {
+        r["study_id"]: r["reason"] for r in pq.read_table(tmp_path / "run" / "rejects.parquet").to_pylist()
+    }
+    assert index["splits"] == {"train": len(SAMPLES)}
+    assert rejects["single"] == "missing_sequence"  # a one-slice series is never chosen: nothing left
+    decodable = importlib.util.find_spec("pylibjpeg") or importlib.util.find_spec("jpeg_ls")
+    assert rejects.get("jpeg_ls") == (None if decodable else "dicom_unreadable")
