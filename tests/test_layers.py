@@ -27,6 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "downstream": FOUNDATION | {"data", "models", "export", "evaluate"},
     "tune": FOUNDATION | {"data", "train"},
     "reportgen": FOUNDATION | {"data", "models", "export", "evaluate", "downstream", "train"},
+    "annotate": FOUNDATION | {"data", "evaluate"},
 }
 APPLICATION = {"inputs", "pipeline", "runner", "cli"}  # may import any layer; no layer imports them
 SINGLE_DEVICE = {"models", "losses", "embed"}

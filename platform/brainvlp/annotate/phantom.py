@@ -1,4 +1,5 @@
-"""The ``phantom`` annotator: a phantom report read back exactly (``phantom.extract``), no rewrite.
+"""The ``phantom`` annotator: a phantom report read back exactly (``phantom.extract``, reached through
+``evaluate.clinical``'s extractor registry, so this layer does not depend on the phantom), no rewrite.
 
 It makes the annotation step testable end to end against the phantom's ground truth, and annotates a
 phantom data set without a model. The reader is deterministic, so an answer off the schema (which it does
@@ -11,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 from brainvlp.annotate.base import Annotation, extracted
 from brainvlp.annotate.config import PhantomAnnotatorConfig
-from brainvlp.phantom.extract import extract_phantom_findings
+from brainvlp.evaluate.clinical import get_extractor
 
 
 class PhantomAnnotator:
@@ -19,4 +20,4 @@ class PhantomAnnotator:
         self.config = config
 
     def annotate(self, reports: Sequence[str]) -> list[Annotation]:
-        return extracted(extract_phantom_findings, reports)
+        return extracted(get_extractor("phantom"), reports)

@@ -14,8 +14,7 @@ Outputs in the run directory: ``report.md`` / ``report.html`` (tables with boots
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,26 +23,18 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
-from brainvlp.console import Progress
 from brainvlp.data.shards import decode_volumes, read_index, split_files
 from brainvlp.downstream.config import DownstreamSpec, ModelEntry
 from brainvlp.downstream.fit import RunResult, TaskData, build_classifier, embed_tokens, run_once
-from brainvlp.downstream.folds import label_fraction, patient_folds
+from brainvlp.downstream.folds import patient_folds
 from brainvlp.downstream.labels import TaskLabels, task_labels
+from brainvlp.downstream.runs import Run, gather_runs, in_worker, plan_runs
 from brainvlp.downstream.weights import resolve_init
 from brainvlp.errors import UserError
 from brainvlp.spec import SpecError
 
 log = logging.getLogger(__name__)
 _COLUMNS = ["patient_pid", "volume", "volume_shape", "mask", "findings"]
-
-
-@dataclass
-class Run:
-    model: str
-    fraction: float
-    seed: int
-    fold: int
 
 
 def load_task_data(spec: DownstreamSpec, splits: Sequence[str]) -> tuple[TaskData, TaskLabels, np.ndarray]:
@@ -71,30 +62,6 @@ def load_task_data(spec: DownstreamSpec, splits: Sequence[str]) -> tuple[TaskDat
         scale_max=float(index["scale_max"]),
     )
     return data, labels, np.asarray(patients)[keep]
-
-
-def plan_runs(
-    spec: DownstreamSpec, y: np.ndarray, folds_N: np.ndarray
-) -> list[tuple[Run, dict[str, np.ndarray]]]:
-    """Every (model, fraction, seed, fold) run with its train, test and explained rows."""
-    planned = []
-    for fold in range(spec.protocol.folds):
-        train_rows = np.flatnonzero((folds_N != fold) & (folds_N >= 0))
-        test_rows, external_rows = np.flatnonzero(folds_N == fold), np.flatnonzero(folds_N < 0)
-        for seed in range(spec.protocol.seeds):
-            for fraction in spec.protocol.fractions:
-                train = label_fraction(train_rows, y, fraction, seed * 1000 + fold)
-                rows = {"train": train, "test": test_rows, "external": external_rows}
-                for entry in spec.models:
-                    planned.append((Run(entry.name, fraction, seed, fold), rows))
-    return planned
-
-
-@ray.remote
-def _in_worker(threads: int, work: Callable[..., Any], *args: Any) -> Any:
-    """``work(*args)`` in a Ray worker with the run's torch thread count (Ray's default is one per CPU)."""
-    torch.set_num_threads(threads)
-    return work(*args)
 
 
 def _embed(entry: ModelEntry, init: dict[str, Any], data: TaskData, batch_size: int) -> dict[str, np.ndarray]:
@@ -155,7 +122,7 @@ def _schedule(spec: DownstreamSpec, data: TaskData, folds_N: np.ndarray) -> list
     shape = data.volumes_NCDHW.shape
     entries = {e.name: e for e in spec.models}
     inits = {e.name: ray.put(resolve_init(e, shape[1], tuple(shape[2:]))) for e in spec.models}
-    task = _in_worker.options(**options)
+    task = in_worker.options(**options)
     cached = {
         e.name: task.remote(res.threads_per_run, _embed, e, inits[e.name], data_ref, spec.fit.batch_size)
         for e in spec.models
@@ -174,20 +141,9 @@ def _schedule(spec: DownstreamSpec, data: TaskData, folds_N: np.ndarray) -> list
             cached.get(run.model),
         )
         pending[task.remote(res.threads_per_run, run_once, *args)] = run
-    return _gather(pending)
+    return gather_runs(pending)
 
 
 def _explained(data: TaskData, test_rows: np.ndarray, limit: int) -> np.ndarray:
     with_lesion = [row for row in test_rows if data.masks[row] is not None and data.masks[row].any()]
     return np.asarray(with_lesion[:limit], np.int64)
-
-
-def _gather(pending: dict[Any, Run]) -> list[tuple[Run, RunResult]]:
-    results, progress = [], Progress("downstream", len(pending), "runs")
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        for ref in done:
-            results.append((pending.pop(ref), ray.get(ref)))
-        progress.update(len(results))
-    progress.close()
-    return results

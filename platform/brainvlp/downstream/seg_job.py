@@ -21,7 +21,7 @@ import ray
 from brainvlp.data.shards import decode_volumes, read_index, split_files
 from brainvlp.downstream.config import DownstreamSpec
 from brainvlp.downstream.folds import patient_folds
-from brainvlp.downstream.job import Run, _gather, _in_worker, plan_runs
+from brainvlp.downstream.runs import Run, gather_runs, in_worker, plan_runs
 from brainvlp.downstream.seg_fit import SegData, SegResult, run_segmentation_once
 from brainvlp.downstream.weights import resolve_init
 from brainvlp.errors import UserError
@@ -108,7 +108,7 @@ def _schedule(
 ) -> list[tuple[Run, SegResult]]:
     """Every (model, fraction, seed, fold) run as a Ray task with the spec's resources."""
     res = spec.resources
-    task = _in_worker.options(num_cpus=res.cpus_per_run, num_gpus=res.gpus_per_run)
+    task = in_worker.options(num_cpus=res.cpus_per_run, num_gpus=res.gpus_per_run)
     data_ref = ray.put(data)
     shape = data.volumes_NCDHW.shape
     entries = {e.name: e for e in spec.models}
@@ -120,4 +120,4 @@ def _schedule(
     for run, rows in plan_runs(spec, strata, folds_N):
         args = (entries[run.model], inits[run.model], data_ref, spec.fit, rows, run.seed)
         pending[task.remote(res.threads_per_run, run_segmentation_once, *args)] = run
-    return _gather(pending)
+    return gather_runs(pending)
