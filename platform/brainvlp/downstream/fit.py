@@ -156,7 +156,7 @@ def _train(
     device = next(module.parameters()).device
     y = torch.tensor(data.y, device=device)  # a copy: arrays from the object store are read-only
     module.train()
-    _freeze_norms(module)
+    freeze_norms(module)
     for _ in range(epochs):
         # Near-equal batches: a trailing batch of one study would trip batch norm on small feature maps.
         for batch in np.array_split(rng.permutation(train_rows), steps_per_epoch):
@@ -169,7 +169,7 @@ def _train(
     module.eval()
 
 
-def _freeze_norms(module: nn.Module) -> None:
+def freeze_norms(module: nn.Module) -> None:
     """Batch norms whose parameters are frozen keep their statistics (pLGG freezes whole early stages)."""
     for norm in module.modules():
         frozen = not any(p.requires_grad for p in norm.parameters(recurse=False))

@@ -35,6 +35,7 @@ from monai.transforms import RandCropByPosNegLabel, RandSpatialCrop
 from torch import nn
 
 from brainvlp.downstream.config import FitConfig, ModelEntry
+from brainvlp.downstream.fit import freeze_norms
 from brainvlp.errors import UserError
 from brainvlp.evaluate.segmentation import dice_per_region, regions_from_labels, score_case
 from brainvlp.models.segmenter import build_dynunet, build_segmenter
@@ -139,7 +140,7 @@ def _train_epoch(
     """One pass over ``rows`` in near-equal shuffled batches; the mean loss."""
     device, losses = state["device"], []
     model.train()
-    _keep_frozen_norms(model)
+    freeze_norms(model)
     batches = np.array_split(state["rng"].permutation(rows), max(1, math.ceil(len(rows) / fit.batch_size)))
     for batch in batches:
         volume, target = _inputs(data, np.sort(batch))
@@ -155,14 +156,6 @@ def _train_epoch(
         losses.append(float(loss.detach()))
     model.eval()
     return float(np.mean(losses))
-
-
-def _keep_frozen_norms(model: nn.Module) -> None:
-    """Batch norms of frozen stages keep their statistics in training mode too."""
-    for norm in model.modules():
-        frozen = not any(p.requires_grad for p in norm.parameters(recurse=False))
-        if isinstance(norm, nn.modules.batchnorm._BatchNorm) and frozen:
-            norm.eval()
 
 
 def run_segmentation_once(
