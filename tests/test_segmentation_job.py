@@ -57,7 +57,7 @@ def _entry(**kwargs) -> ModelEntry:
 @pytest.mark.parametrize("network", ["encoder_unet", "dynunet"])
 def test_a_run_trains_selects_on_dev_and_scores_each_test_study(network: str) -> None:
     entry = (
-        _entry()
+        _entry(feature_size=4)
         if network == "encoder_unet"
         else parse(ModelEntry, {"name": "d", "init": "scratch", "network": network})
     )
@@ -123,6 +123,12 @@ def test_the_segmentation_spec() -> None:
         parse(DownstreamSpec, data)
     data["models"][1] = {"name": "nnunet", "init": "scratch", "network": "dynunet", "vision": TINY}
     with pytest.raises(SpecError, match=r"models\.1\.network: dynunet is a whole network"):
+        parse(DownstreamSpec, data)
+    data["models"][1] = {"name": "nnunet", "init": "scratch", "network": "dynunet", "feature_size": 8}
+    with pytest.raises(SpecError, match=r"models\.1\.feature_size: sets network: encoder_unet's"):
+        parse(DownstreamSpec, data)
+    data["models"][1] = {"name": "m", "init": "scratch", "vision": TINY, "base_filters": 8}
+    with pytest.raises(SpecError, match=r"models\.1\.base_filters: sets the width of network: dynunet"):
         parse(DownstreamSpec, data)
     classify = {**_spec(), "task": {"finding": "side", "type": "multiclass"}}
     classify["models"] = [{"name": "nnunet", "init": "scratch", "network": "dynunet"}]

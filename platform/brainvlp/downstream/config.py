@@ -46,6 +46,9 @@ class ModelEntry:
     # brat's baseline; init scratch, no vision).
     network: Literal["encoder_unet", "dynunet"] = "encoder_unet"
     base_filters: PositiveInt = 32  # dynunet: the first level's width (nnU-Net's 32), doubling up to 320
+    # encoder_unet: the full-resolution skip's width (UNETR's 16); the decoder's full-resolution convolutions
+    # cost its square, most of a CPU step at 16
+    feature_size: PositiveInt = 16
     mode: Literal["linear_probe", "finetune"] = "finetune"
     freeze_stages: NonNegativeInt = 0  # finetune: freeze the first k backbone stages (pLGG)
     dropout: DropoutFloat = 0.0
@@ -55,6 +58,10 @@ class ModelEntry:
             if self.init != "scratch" or self.vision is not None:
                 raise SpecError(
                     f"{path}.network", "dynunet is a whole network from scratch: init scratch, no vision"
+                )
+            if self.feature_size != 16:
+                raise SpecError(
+                    f"{path}.feature_size", "sets network: encoder_unet's decoder; use base_filters"
                 )
             return
         if self.base_filters != 32:

@@ -71,7 +71,14 @@ def build_segmentation_model(entry: ModelEntry, init: dict[str, Any] | None, dat
         return build_dynunet(channels, regions, tuple(shape), base_filters=entry.base_filters)
     assert init is not None
     try:
-        return build_segmenter(init["vision"], channels, regions, entry.freeze_stages, init["state_dict"])
+        return build_segmenter(
+            init["vision"],
+            channels,
+            regions,
+            entry.freeze_stages,
+            init["state_dict"],
+            feature_size=entry.feature_size,
+        )
     except RuntimeError as err:  # load_state_dict's mismatch
         raise UserError(f"model {entry.name!r}: its weights do not fit its backbone: {err}") from err
 
