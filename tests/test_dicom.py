@@ -20,11 +20,10 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import (
     EnhancedMRImageStorage,
     ExplicitVRLittleEndian,
-    MRImageStorage,
     RLELossless,
     generate_uid,
 )
@@ -40,6 +39,8 @@ from brainvlp.data.series_select import (
     SelectionRule,
     select_series,
 )
+from brainvlp.phantom import dicom_export
+from brainvlp.phantom.dicom_export import LPS, base_dataset
 from brainvlp.spec import SpecError, parse
 
 STUDY_DATE = "20191107"
@@ -61,7 +62,6 @@ PHI = {
 PHI_STRINGS = {v for v in PHI.values()} | {"Qzlowski", "Wilhelmina", "Drqqq", "Opzzz", "134455"}
 # UIDs under this root embed the study date, as many scanners' UIDs do.
 UID_ROOT = f"1.2.826.0.1.3680043.9.7.{STUDY_DATE}."
-LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS, its own inverse
 AXIAL = np.array([[0.9, 0, 0, -10.0], [0, 1.1, 0, 12.0], [0, 0, 2.0, -5.0], [0, 0, 0, 1]])
 
 
@@ -109,22 +109,7 @@ def _ds(value: float) -> str:
 
 def _base(sop_class: str, series_uid: str, **header) -> Dataset:
     """A dataset with file meta, PHI, series attributes and 16-bit grey-level pixel attributes."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = generate_uid(UID_ROOT)
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = UID_ROOT + "1"
-    ds.SeriesInstanceUID = series_uid
-    ds.FrameOfReferenceUID = UID_ROOT + "2"
-    ds.Modality = "MR"
-    for keyword, value in {**PHI, **header}.items():
-        setattr(ds, keyword, value)
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    return ds
+    return base_dataset(sop_class, series_uid, UID_ROOT, {**PHI, **header})
 
 
 def write_series(
@@ -134,44 +119,13 @@ def write_series(
     *,
     description: str = "Ax T1 POST",
     number: int = 3,
-    slope: float = 1.0,
-    intercept: float = 0.0,
-    series_uid: str | None = None,
     syntax: str = ExplicitVRLittleEndian,
-    seed: int = 0,
-    **header,
+    **kwargs,
 ) -> list[Path]:
-    """Slice int16 ``stored`` (x, y, z) with RAS ``affine`` into single-frame files, one per z, under
-    shuffled file names and InstanceNumbers; the image is stored * slope + intercept."""
-    rng = np.random.default_rng(seed)
-    series_uid = series_uid or generate_uid(UID_ROOT)
-    lps = LPS @ affine
-    dc, dr = np.linalg.norm(lps[:3, 0]), np.linalg.norm(lps[:3, 1])
-    orientation = [_ds(v) for v in np.concatenate([lps[:3, 0] / dc, lps[:3, 1] / dr])]
-    defaults = {
-        "SeriesDescription": description,
-        "SeriesNumber": number,
-        "ImageType": ["ORIGINAL", "PRIMARY"],
-    }
-    defaults |= {"MRAcquisitionType": "3D", "SliceThickness": _ds(np.linalg.norm(lps[:3, 2]))}
-    header = defaults | header
-    paths = []
-    numbers = rng.permutation(stored.shape[2]) + 1
-    for k in range(stored.shape[2]):
-        ds = _base(MRImageStorage, series_uid, **header)
-        ds.InstanceNumber = int(numbers[k])
-        ds.ImagePositionPatient = [_ds(v) for v in (lps @ [0, 0, k, 1])[:3]]
-        ds.ImageOrientationPatient = orientation
-        ds.PixelSpacing = [_ds(dr), _ds(dc)]
-        ds.RescaleSlope, ds.RescaleIntercept = _ds(slope), _ds(intercept)
-        pixels = np.ascontiguousarray(stored[:, :, k].T.astype(np.int16))
-        ds.Rows, ds.Columns = pixels.shape
-        ds.PixelData = pixels.tobytes()
-        if syntax != ExplicitVRLittleEndian:
-            ds.compress(syntax, pixels)
-        paths.append(folder / f"{rng.integers(1 << 40):x}.dcm")
-        ds.save_as(paths[-1], enforce_file_format=True)
-    return paths
+    """``dicom_export.write_series`` with PHI in every file and this test's UID root (dates in UIDs)."""
+    compressed = None if syntax == ExplicitVRLittleEndian else syntax
+    return dicom_export.write_series(folder, stored, affine, description=description, number=number,
+                                     uid_root=UID_ROOT, syntax=compressed, **{**PHI, **kwargs})  # fmt: skip
 
 
 def write_enhanced(

@@ -198,3 +198,40 @@ def test_pydicoms_own_sample_files_ingest(local_ray, tmp_path: Path) -> None:
     assert rejects["single"] == "missing_sequence"  # a one-slice series is never chosen: nothing left
     decodable = importlib.util.find_spec("pylibjpeg") or importlib.util.find_spec("jpeg_ls")
     assert rejects.get("jpeg_ls") == (None if decodable else "dicom_unreadable")
+
+
+def test_the_phantom_as_a_pacs_export_runs_through_annotate_and_ingest(
+    local_ray, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """configs/pacs_phantom.yaml, smaller: the DICOM phantom equals the NIfTI phantom, its localisers are
+    never chosen, its gap is rejected, and the rule-annotated findings reach the shards."""
+    from brainvlp.data.dicom import load_series, read_study
+    from brainvlp.phantom.config import PhantomConfig
+    from brainvlp.phantom.generate import generate_phantom
+    from brainvlp.pipeline import load_spec
+    from brainvlp.runner import run
+
+    config = {"num_studies": 6, "num_patients": 5, "shape": [24, 24, 24], "corrupt_studies": 1}
+    generate_phantom(PhantomConfig(**config), tmp_path / "nifti")
+    sets = [f"phantom.dataset.{key}={json.dumps(value)}" for key, value in config.items()]
+    sets += [f"output_root={tmp_path}", "ingest.volume.shape=[24,24,24]", "ingest.min_shards=1"]
+    run(load_spec(Path(__file__).parents[1] / "configs" / "pacs_phantom.yaml", sets))
+    out = tmp_path / "pacs_phantom"
+    export = out / "phantom" / "dicom"
+    study = sorted(export.iterdir())[1]  # the first is the corrupt one
+    series = read_study(str(study))
+    assert sorted(s.description for s in series) == ["3-plane localizer", "AX T2 FLAIR", "Ax T1 POST"]
+    t1c = load_series(next(s for s in series if s.description == "Ax T1 POST"))
+    nifti = nib.load(tmp_path / "nifti" / "images" / f"{study.name}_t1c.nii.gz")
+    assert np.array_equal(np.asarray(t1c.dataobj), np.asarray(nifti.dataobj))
+    assert np.allclose(t1c.affine, nifti.affine, atol=1e-4)
+    index = json.loads((out / "ingest" / "index.json").read_text())
+    assert index["rejects"]["by_reason"].get("dicom_gap") == 1
+    rejected = sum(index["rejects"]["by_reason"].values())
+    assert index["selection"]["by_sequence"]["t1c"]["chosen"] == 6 - rejected
+    chosen = pq.read_table(out / "ingest" / "selection.parquet").column("series").to_pylist()
+    assert chosen and not [name for name in chosen if "localizer" in name]
+    annotated = pq.read_table(out / "annotate" / "manifest.parquet").column("annotation_status").to_pylist()
+    assert annotated == ["ok"] * 6
+    selection_line = f"ingest: series selection: flair {6 - rejected} chosen / 0 unmatched, t1c"
+    assert selection_line in capfd.readouterr().out

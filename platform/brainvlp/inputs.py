@@ -99,7 +99,8 @@ class _Checker:
             if file is None:
                 continue
             _check_local(f"{where}annotator.{key}", file, "file")
-            problem = check_prompt_text(Path(file).expanduser().read_text(errors="replace"))
+            text = Path(file).expanduser().read_text(errors="replace")
+            problem = check_prompt_text(text, clauses=key == "findings_prompt" and annotator.clauses)
             if problem:
                 raise UserError(f"{where}annotator.{key}: {file}: {problem}")
 

@@ -12,6 +12,7 @@ name. Named pretrainings (``pretrain: {brat: ..., clip: ...}``) each run into ``
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, Literal
 
 from brainvlp.annotate.config import AnnotateSpec
 from brainvlp.data.ingest import IngestSpec
+from brainvlp.data.manifest import ManifestColumns
 from brainvlp.downstream.config import DownstreamSpec
 from brainvlp.evaluate.config import EvaluateSpec
 from brainvlp.phantom.config import PhantomSpec
@@ -108,6 +110,9 @@ def link_pipeline(spec: PipelineSpec) -> None:
         spec.annotate.manifest = spec.annotate.manifest or phantom_manifest
         if spec.annotate.sequences is None and spec.ingest is not None:
             spec.annotate.sequences = spec.ingest.sequences
+        if spec.annotate.columns == ManifestColumns() and spec.ingest is not None:
+            # Both read the same manifest: annotate resolves the image paths (dicom, mask) ingest will read.
+            spec.annotate.columns = dataclasses.replace(spec.ingest.columns)
     if spec.ingest and spec.ingest.manifest is None:
         annotated = str(run_dir / "annotate" / spec.annotate.output_name) if spec.annotate else None
         spec.ingest.manifest = annotated or phantom_manifest

@@ -6,7 +6,8 @@ file of this package (``phantom.py``, ``rules.py``, ``lm.py``), imported only wh
 An ``lm`` annotator reads two prompt templates, text files the user may edit: ``rewrite_prompt`` and
 ``findings_prompt`` (None: the defaults shipped in ``prompts/``). Each must contain the placeholder
 ``{report}``, which is replaced by the report text (plain replacement, not ``str.format``: the templates
-quote JSON, braces included).
+quote JSON, braces included). With ``clauses: true`` the findings template must also contain ``{clauses}``
+where SeLIP's clause question (``prompts/clauses.txt``) goes; otherwise ``{clauses}`` is removed.
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from brainvlp.data.manifest import ManifestColumns
 from brainvlp.errors import UserError
 from brainvlp.registry import Registry
-from brainvlp.spec import JobSpec, NonNegativeFloat, PositiveFloat, PositiveInt, SpecError
+from brainvlp.spec import JobSpec, NonNegativeFloat, PositiveFloat, PositiveInt, Range, SpecError
 
 ANNOTATORS = Registry("annotator")
 PLACEHOLDER = "{report}"
+CLAUSES_PLACEHOLDER = "{clauses}"
 PROMPT_KINDS = ("rewrite", "findings")
 DEFAULT_SEQUENCES = ("t1c", "flair")  # ingest's default image columns
 
@@ -55,9 +57,12 @@ class PhantomAnnotatorConfig(AnnotatorConfig):
 @ANNOTATORS.register("rules", "brainvlp.annotate.rules:RulesAnnotator")
 @dataclass
 class RulesAnnotatorConfig(AnnotatorConfig):
-    """Rules for real report text (``evaluate.rules_extract``), no rewrite."""
+    """Rules for real report text (``evaluate.rules_extract``), no rewrite. ``unstated``: what a yes/no
+    finding the report does not state becomes: ``normal`` (false; brat's rule, as the lm prompt) or
+    ``unknown`` (left out)."""
 
     name: str = "rules"
+    unstated: Literal["normal", "unknown"] = "normal"
 
 
 @ANNOTATORS.register("lm", "brainvlp.annotate.lm:LMAnnotator")
@@ -69,6 +74,9 @@ class LMAnnotatorConfig(AnnotatorConfig):
     name: str = "lm"
     path: str = ""
     rewrite: bool = False
+    # Also ask for SeLIP's per-abnormality clauses (findings' ``clauses``): an answer without them is retried
+    # like an invalid one. Off by default: they lengthen every answer, and only SeLIP reads them.
+    clauses: bool = False
     rewrite_prompt: str | None = None  # a template file with {report}; None: prompts/rewrite.txt
     findings_prompt: str | None = None  # a template file with {report}; None: prompts/findings.txt
     max_new_tokens: PositiveInt = 1024  # a rewrite is about as long as the report
@@ -77,6 +85,11 @@ class LMAnnotatorConfig(AnnotatorConfig):
     num_gpus: NonNegativeFloat = 1.0
     chat_template: bool = True  # wrap each prompt in the tokenizer's chat template, when it has one
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: bfloat16 on GPU, else float32
+    # auto: vLLM where installed and a GPU is visible, else transformers' generate (lm.py says why not
+    # ray.data.llm); greedy either way
+    engine: Literal["auto", "transformers", "vllm"] = "auto"
+    # vllm: the share of the GPU its engine may take
+    gpu_memory_utilization: Annotated[float, Range(gt=0, le=1)] = 0.9
 
     def validate(self, path: str) -> None:
         if not self.path:
@@ -123,10 +136,12 @@ class AnnotateSpec(JobSpec):
         return f"manifest.{self.output_format}"
 
 
-def check_prompt_text(template: str) -> str | None:
-    """Why a prompt template cannot be used, or None."""
+def check_prompt_text(template: str, *, clauses: bool = False) -> str | None:
+    """Why a prompt template cannot be used, or None; ``clauses``: a findings template that must ask them."""
     if PLACEHOLDER not in template:
         return f"the template must contain the placeholder {PLACEHOLDER} (where the report goes)"
+    if clauses and CLAUSES_PLACEHOLDER not in template:
+        return f"clauses: true needs the placeholder {CLAUSES_PLACEHOLDER} (where the clause question goes)"
     return None
 
 
@@ -148,8 +163,9 @@ def read_prompts(config: AnnotatorConfig) -> dict[str, str]:
         except (OSError, UnicodeDecodeError) as err:
             where = f"annotator.{kind}_prompt: {file}"
             raise UserError(f"{where}: cannot read it ({type(err).__name__})") from None
-        problem = check_prompt_text(text)
+        asks_clauses = kind == "findings" and config.clauses
+        problem = check_prompt_text(text, clauses=asks_clauses)
         if problem:
             raise UserError(f"annotator.{kind}_prompt: {file or 'default'}: {problem}")
-        prompts[kind] = text
+        prompts[kind] = text.replace(CLAUSES_PLACEHOLDER, default_prompt("clauses") if asks_clauses else "")
     return prompts

@@ -49,7 +49,8 @@ PARTS_DIR = "_parts"
 STATUS_COLUMN = "annotation_status"
 PROJECTION_REPORTS, PROJECTION_ACTORS = 80_000, 8  # brat section 8: 80,000 reports; one actor per GPU
 VERSION = 1  # of the method and part format: a change redoes every part
-_RESOURCES = ("actors", "batch_size", "num_cpus", "num_gpus")  # how fast, not what: outside the digest
+# How fast, not what: outside the digest.
+_RESOURCES = ("actors", "batch_size", "num_cpus", "num_gpus", "gpu_memory_utilization")
 PART_SCHEMA = pa.schema(
     [("row", pa.int64()), ("report", pa.string()), ("findings", pa.string()), ("status", pa.string()),
      ("calls", pa.int64())]

@@ -339,6 +339,13 @@ def _print_summary(
         f"{sum(r['bytes'] for r in records) / 1e6:.1f} MB written, {index['truncated_reports']} reports "
         f"truncated; slowest study {slowest:.1f} s, peak shard-worker memory {peak:.0f} MB"
     )
+    selection = index.get("selection")
+    if selection:  # a DICOM ingest: how often each sequence found its series
+        counts = ", ".join(
+            f"{sequence} {n['chosen']} chosen / {n['unmatched']} unmatched"
+            for sequence, n in selection["by_sequence"].items()
+        )
+        print(f"ingest: series selection: {counts} (each choice and its reason in {selection['file']})")
 
 
 def _index(

@@ -286,7 +286,9 @@ def _check_overlap(mask: np.ndarray, channels: np.ndarray) -> None:
     labelled = mask > 0
     count = int(np.count_nonzero(labelled))
     if count == 0:
-        raise RejectError("mask_mismatch", "no labelled voxel of the mask lands on the image's grid")
+        raise RejectError(
+            "mask_mismatch", "no labelled voxel of the mask lies in the image's (cropped) field of view"
+        )
     share = np.count_nonzero(labelled & (channels > 0).any(axis=0)) / count
     if share < MASK_OVERLAP:
         raise RejectError(

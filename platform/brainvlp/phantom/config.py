@@ -20,7 +20,9 @@ class PhantomConfig:
     """What to generate. ``voxel_size`` None derives the smallest isotropic size at which the whole brain
     fits ``shape`` (3.1 mm at 64^3, 6.15 mm at 32^3); ``corrupt_studies`` makes the first N studies'
     t1c file (or first sequence without t1c) unreadable: garbage bytes at even positions, a truncated
-    gzip at odd ones."""
+    gzip at odd ones. ``export: dicom`` writes each study as a PACS export instead (``dicom_export``: a
+    folder of DICOM series per study, a localiser among them; a corrupt study's t1c series has a gap) and
+    the manifest's ``dicom`` column names the folder; masks stay NIfTI."""
 
     num_studies: Annotated[int, Range(ge=1, le=1_000_000)] = 240
     num_patients: Annotated[int, Range(ge=1, le=1_000_000)] = 200
@@ -31,6 +33,7 @@ class PhantomConfig:
     sequences: tuple[str, ...] = SUPPORTED_SEQUENCES
     seed: NonNegativeInt = 0
     corrupt_studies: NonNegativeInt = 0
+    export: Literal["nifti", "dicom"] = "nifti"
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_patients <= self.num_studies <= 1_000_000:

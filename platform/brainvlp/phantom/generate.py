@@ -3,6 +3,8 @@
 ``generate_phantom`` writes, under ``out_dir``::
 
     images/<study_id>_<seq>.nii.gz   int16, RAS affine with the isotropic voxel size (one file per sequence)
+    dicom/<study_id>/*.dcm           with ``export: dicom``, instead of images/: a PACS export's series
+                                     (``phantom.dicom_export``); the manifest's ``dicom`` names the folder
     masks/<study_id>_mask.nii.gz     uint8 tumour mask, BraTS labels (``MASK_LABELS``): 0 background,
                                      1 necrotic / non-enhancing core, 2 oedema, 3 enhancing tumour
     reports.csv                      study_id, report
@@ -54,6 +56,7 @@ from brainvlp.phantom.anatomy import (
     white_matter_hyperintensities,
 )
 from brainvlp.phantom.config import SUPPORTED_SEQUENCES, PhantomConfig
+from brainvlp.phantom.dicom_export import write_study as write_dicom_study
 from brainvlp.phantom.reports import Lesion, midline_shift_lesion, study_findings, write_report
 
 logger = logging.getLogger(__name__)
@@ -298,11 +301,16 @@ def _corrupt(path: Path, rng: np.random.Generator, truncate: bool) -> None:
 def _write_study(
     study: SimulatedStudy, config: PhantomConfig, out: Path, affine: np.ndarray
 ) -> dict[str, str]:
-    """Write one study's NIfTI files; return its manifest row (paths relative to ``out``)."""
+    """Write one study's images (NIfTI files, or a DICOM folder) and mask; return its manifest row (paths
+    relative to ``out``)."""
     sid, index = study.record.study_id, study.record.index
     row = {"patient_id": study.record.patient_id, "study_id": sid}
     corrupt_seq = "t1c" if "t1c" in config.sequences else config.sequences[0]
-    for seq, array in study.images.items():
+    if config.export == "dicom":
+        row["dicom"] = f"dicom/{sid}"
+        write_dicom_study(out / row["dicom"], study.images, affine, seed=index,
+                          corrupt=index < config.corrupt_studies)  # fmt: skip
+    for seq, array in study.images.items() if config.export == "nifti" else ():
         relative = f"images/{sid}_{seq}.nii.gz"
         _save_nifti(array, affine, out / relative)
         if seq == corrupt_seq and index < config.corrupt_studies:
@@ -369,7 +377,8 @@ def generate_phantom(config: PhantomConfig, out_dir: str | os.PathLike) -> Phant
     )
     _write_csv(out / "lesions.csv", lesion_columns, lesions)
     manifest_path = out / "manifest.csv"
-    columns = ["patient_id", "study_id", *config.sequences, "mask", "report", "findings"]
+    images = config.sequences if config.export == "nifti" else ("dicom",)
+    columns = ["patient_id", "study_id", *images, "mask", "report", "findings"]
     _write_csv(manifest_path, columns, manifest)
     summary = PhantomSummary(
         out_dir=out,
